@@ -1,0 +1,31 @@
+# Two commands do all set-up on a fresh machine: `make run` and `make test`.
+# Both create .venv (Python 3.11) and install the project with the CPU constraints on first use.
+PYTHON ?= python3.11
+VENV ?= .venv
+CONSTRAINTS ?= constraints-cpu.txt
+# Machines without a local CPU torch wheel: TORCH_INDEX=<PyTorch's CPU (or CUDA) wheel index URL>
+TORCH_INDEX ?=
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ganpipe-installed
+
+.PHONY: install run test bench clean-home
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(if $(TORCH_INDEX),$(BIN)/python -m pip install --index-url $(TORCH_INDEX) torch==2.13.0)
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e '.[test]'
+	touch $@
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/ganpipe run $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/train_throughput.py
+
+clean-home:
+	rm -rf .ganpipe

@@ -1,0 +1,161 @@
+"""The `ganpipe` command. Environment (GANPIPE_HOME, Prefect/MLflow/Ray variables) is configured
+before any of Prefect, MLflow or Ray is imported, so imports stay inside the commands."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from flows.settings import SettingsError, configure_environment, load_settings
+from gan_core.config import ConfigError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Train, evaluate and deploy GANs: Prefect + Ray Train + FID + MLflow + DVC.")
+models_app = typer.Typer(no_args_is_help=True, help="Registered models.")
+app.add_typer(models_app, name="models")
+STAGES = ("prepare", "train", "evaluate", "register")
+
+
+def _settings():
+    try:
+        s = load_settings()
+    except SettingsError as e:
+        raise typer.BadParameter(str(e)) from e
+    configure_environment(s)
+    return s
+
+
+def _fail(msg: str) -> None:
+    typer.secho(f"error: {msg}", fg="red", err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def run(overrides: Optional[List[str]] = typer.Argument(None, help="section.field=value, e.g. train.steps=500")):
+    """Run the whole pipeline (Prefect flow) on the configured services (embedded by default)."""
+    s = _settings()
+    from flows.params import load_config
+
+    try:
+        load_config(s.params_file, overrides or [], write=False)  # fail before Prefect starts
+    except ConfigError as e:
+        _fail(str(e))
+    from flows.pipeline import pipeline
+
+    out = pipeline(overrides=overrides or [])
+    ev, reg = out["evaluation"], out["registration"]
+    verdict = "yes" if reg["champion"] else "no"
+    typer.echo("")
+    typer.echo(f"FID ({ev['metric']}, {ev['fingerprint']['backbone']}): {ev['fid']:.4f}")
+    typer.echo(f"model version:  {reg['model_name']} v{reg['version']}  ({reg['model_uri']})")
+    typer.echo(f"champion:       {verdict}: {reg['reason']}")
+    typer.echo(f"sample grid:    {ev['samples']}")
+    typer.echo(f"prepare:        {'skipped (unchanged)' if out['prepared']['skipped'] else 'ran'}")
+
+
+@app.command()
+def stage(name: str = typer.Argument(..., help="|".join(STAGES))):
+    """Run one stage outside Prefect: the `cmd` of each dvc.yaml stage."""
+    if name not in STAGES:
+        _fail(f"stage: unknown stage {name!r} (known: {', '.join(STAGES)})")
+    s = _settings()
+    from flows.params import load_config
+
+    try:
+        cfg = load_config(s.params_file)
+    except ConfigError as e:
+        _fail(str(e))
+    lineage = {"prefect.flow_run_id": "none (dvc repro)"}
+    if name == "prepare":
+        from flows.prepare import prepare
+
+        ref = prepare(s, cfg)
+        typer.echo(f"prepared {ref['count']} images, content {ref['content_sha256'][:12]}")
+    elif name == "train":
+        from flows.train import train_stage
+
+        ref = train_stage(s, cfg, lineage)
+        typer.echo(f"trained {ref['run_name']} to step {ref['step']}")
+    elif name == "evaluate":
+        from flows.evaluate import evaluate
+
+        ev = evaluate(s, cfg)
+        typer.echo(f"{ev['metric']} = {ev['fid']:.4f}")
+    else:
+        from flows.register import register
+        from flows.tracking import client
+
+        reg = register(s, cfg, lineage)
+        if reg.get("mlflow_run_id"):
+            client(s.mlflow_uri).set_terminated(reg["mlflow_run_id"], "FINISHED")
+        typer.echo(f"{reg['model_name']} v{reg['version']} champion={reg['champion']}: {reg['reason']}")
+
+
+@app.command()
+def sample(model: str = typer.Argument(..., help="models:/NAME@champion, models:/NAME/3, or a checkpoint .pt"),
+           n: int = typer.Option(64, min=1, max=1024), seed: int = typer.Option(0),
+           out: Path = typer.Option(Path("samples.png"))):
+    """Generate an n-image grid from a registered model or a checkpoint file."""
+    s = _settings()
+    import math
+
+    import torch
+
+    from gan_core.images import make_grid, save_png
+
+    if model.startswith("models:/"):
+        import mlflow.pytorch
+
+        mlflow.set_tracking_uri(s.mlflow_uri)
+        G = mlflow.pytorch.load_model(model)
+        z_dim = int(G.z_dim) if hasattr(G, "z_dim") else _z_dim_of(s, model)
+    else:
+        from gan_core.checkpoint import load_checkpoint, rebuild
+
+        _, state = rebuild(load_checkpoint(model))
+        G, z_dim = state.G_ema.eval(), state.G_ema.z_dim
+    z = torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        images = G(z)
+    path = save_png(out, make_grid(images, int(math.ceil(math.sqrt(n)))), {"model": model, "seed": seed, "n": n})
+    typer.echo(str(path.resolve()))
+
+
+def _z_dim_of(s, uri: str) -> int:
+    """An exported (pt2) model has no attributes: read z_dim from the model's signature."""
+    from mlflow.models import get_model_info
+
+    return int(get_model_info(uri).signature.inputs.inputs[0].shape[-1])
+
+
+@models_app.command("list")
+def models_list(name: Optional[str] = typer.Argument(None, help="registered model name (default: all)")):
+    """Versions with FID, fingerprint, champion mark and lineage."""
+    s = _settings()
+    from flows.tracking import CHAMPION, client
+
+    c = client(s.mlflow_uri)
+    names = [name] if name else [m.name for m in c.search_registered_models()]
+    for n_ in names:
+        champ = c.get_registered_model(n_).aliases.get(CHAMPION)
+        typer.echo(n_)
+        for v in sorted(c.search_model_versions(f"name='{n_}'"), key=lambda v: int(v.version)):
+            t = v.tags
+            mark = "*" if str(v.version) == str(champ) else " "
+            typer.echo(f" {mark} v{v.version:<4} {t.get('eval.metric', '?')}={float(t.get('eval.fid', 'nan')):9.4f} "
+                       f"fp={t.get('eval.fingerprint_id', '?')} data={t.get('dataset.content_sha256', '?')[:12]} "
+                       f"steps={t.get('checkpoint.step', '?')} {t.get('promotion.decision', '')}")
+
+
+def main() -> None:
+    try:
+        app()
+    except ConfigError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

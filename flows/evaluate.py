@@ -1,0 +1,72 @@
+"""Stage 3, evaluate: FID of the candidate's EMA generator against the dataset's reference
+statistics, a sample grid, reports/metrics.json (a DVC metric) and the same numbers in MLflow."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from flows.settings import Settings
+from gan_core.checkpoint import CheckpointError, load_checkpoint, rebuild
+from gan_core.config import PipelineConfig
+from gan_core.data import load_manifest
+from gan_core.images import make_grid, save_png
+from gan_core.metrics.evaluator import load_evaluator
+from gan_core.metrics.fid import generate, metric_name
+
+
+def read_json(path: Path, stage_hint: str) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; run the {stage_hint} stage first")
+    return json.loads(path.read_text())
+
+
+def evaluate(settings: Settings, cfg: PipelineConfig) -> dict:
+    training = read_json(settings.candidate_dir / "train.json", "train")
+    ckpt = load_checkpoint(settings.candidate_dir / "checkpoint.pt")
+    _, state = rebuild(ckpt)
+    prepared = settings.prepared_dir(cfg.data.name)
+    manifest = load_manifest(prepared)
+    trained_on = ckpt["meta"].get("dataset_sha256")
+    if trained_on != manifest["content_sha256"]:
+        raise CheckpointError(f"{settings.candidate_dir / 'checkpoint.pt'}: trained on dataset {str(trained_on)[:12]}, "
+                              f"but {prepared} holds {manifest['content_sha256'][:12]}; re-run train")
+    e = cfg.eval
+    evaluator = load_evaluator(prepared, manifest, e.backbone)
+    torch.manual_seed(e.seed)
+    fid, fingerprint = evaluator.fid(state.G_ema, e.n_fake, e.seed, e.batch_size)
+    name = metric_name(e.n_fake)
+
+    reports = settings.reports_dir
+    grid_images = generate(state.G_ema, e.grid * e.grid, e.seed + 1, e.batch_size)
+    provenance = {"run_name": training["run_name"], "step": training["step"], "generator": "G_ema",
+                  "checkpoint_sha256": training["checkpoint_sha256"], "seed": e.seed + 1, name: fid}
+    samples = save_png(reports / "samples.png", make_grid(grid_images, e.grid), provenance)
+    metrics = {name: round(fid, 6), "step": training["step"]}
+    evaluation = {"metric": name, "fid": fid, "fingerprint": fingerprint.to_dict(), "step": training["step"],
+                  "checkpoint_sha256": training["checkpoint_sha256"], "run_name": training["run_name"],
+                  "samples": str(samples)}
+    _write_json(reports / "metrics.json", metrics)
+    _write_json(reports / "evaluation.json", evaluation)
+    if training.get("mlflow_run_id"):
+        _log_to_mlflow(settings, training["mlflow_run_id"], evaluation, samples)
+    return evaluation
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def _log_to_mlflow(settings: Settings, run_id: str, evaluation: dict, samples: Path) -> None:
+    from flows.tracking import client
+
+    c = client(settings.mlflow_uri)
+    c.log_metric(run_id, evaluation["metric"], evaluation["fid"], step=evaluation["step"])
+    c.log_artifact(run_id, str(samples), "samples")
+    c.log_dict(run_id, evaluation, "evaluation.json")
+    c.set_tag(run_id, "eval.fingerprint_id", evaluation["fingerprint"]["id"])
+    c.set_tag(run_id, "eval.metric", evaluation["metric"])

@@ -1,0 +1,73 @@
+"""params.yaml + `key=value` overrides -> a validated PipelineConfig.
+
+Overrides behave like `dvc exp run -S key=value`: they are written into params.yaml (comments kept)
+before anything runs, so params.yaml, dvc.lock and the params hash on the model always agree.
+A bad override changes nothing: the merged config is validated first, then written.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ruamel.yaml import YAML
+
+from gan_core.config import SECTIONS, ConfigError, PipelineConfig
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    if "=" not in text:
+        raise ConfigError(text, "override must look like section.field=value (e.g. train.steps=500)")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(key, "override key must be section.field (e.g. model.arch)")
+    if parts[0] not in SECTIONS:
+        raise ConfigError(key, f"unknown section {parts[0]!r} (known: {', '.join(SECTIONS)})")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    return parts[0], parts[1], value
+
+
+def read_params(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(str(path), "params file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(str(path), f"not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), "top level must be a mapping of sections")
+    return data
+
+
+def load_config(path: Path, overrides: list[str] | tuple[str, ...] = (), write: bool = True) -> PipelineConfig:
+    """Validate params.yaml with overrides applied; write the overrides back only if valid."""
+    data = read_params(path)
+    parsed = [parse_override(o) for o in overrides]
+    for section, key, value in parsed:
+        data.setdefault(section, {})
+        if not isinstance(data[section], dict):
+            raise ConfigError(section, f"{path}: section must be a mapping")
+        data[section][key] = value
+    try:
+        cfg = PipelineConfig.from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(e.field, f"{e.reason} (in {path.name} with overrides {list(overrides)})") from e
+    if parsed and write:
+        _write_overrides(path, parsed)
+    return cfg
+
+
+def _write_overrides(path: Path, parsed: list[tuple[str, str, Any]]) -> None:
+    rt = YAML()  # round-trip: keeps comments and key order
+    doc = rt.load(path.read_text())
+    for section, key, value in parsed:
+        if doc.get(section) is None:
+            doc[section] = {}
+        doc[section][key] = value
+    buf = io.StringIO()
+    rt.dump(doc, buf)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(buf.getvalue())
+    tmp.replace(path)

@@ -1,0 +1,94 @@
+"""Stage 4, register: log G_ema to MLflow as a torch.export (pt2) model, register a version with
+lineage tags, and move the `champion` alias only when the gate says so."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import torch
+
+from flows import versioning
+from flows.evaluate import _write_json, read_json
+from flows.gate import Scored, decide
+from flows.settings import Settings
+from flows.tracking import CHAMPION, champion_version, client, model_name
+from gan_core.checkpoint import load_checkpoint, rebuild
+from gan_core.config import PipelineConfig
+
+
+def _scored(version) -> Scored | None:
+    if version is None:
+        return None
+    try:
+        fid = float(version.tags.get("eval.fid", "nan"))
+    except ValueError:
+        fid = math.nan
+    return Scored(fid, version.tags.get("eval.fingerprint_id", "missing"), str(version.version))
+
+
+def lineage_tags(settings: Settings, cfg: PipelineConfig, training: dict, evaluation: dict, lineage: dict) -> dict:
+    meta = training["meta"]
+    tags = {
+        "dataset.name": cfg.data.name,
+        "dataset.content_sha256": meta["dataset_sha256"],
+        "dataset.dvc_md5": str(versioning.locked_out_md5(settings, "prepare", settings.prepared_dir(cfg.data.name))),
+        "params.sha256": meta["params_sha256"],
+        "git.commit": meta["git_commit"],
+        "checkpoint.sha256": training["checkpoint_sha256"],
+        "checkpoint.dvc_md5": str(versioning.locked_out_md5(settings, "train", settings.candidate_dir)),
+        "checkpoint.step": str(training["step"]),
+        "ray.run_name": training["run_name"],
+        "prefect.flow_run_id": lineage.get("prefect.flow_run_id", "none"),
+        "mlflow.run_id": str(training.get("mlflow_run_id")),
+        "model.arch": cfg.model.arch,
+        "model.loss": cfg.model.loss,
+        "eval.metric": evaluation["metric"],
+        "eval.fid": repr(float(evaluation["fid"])),
+        "eval.fingerprint_id": evaluation["fingerprint"]["id"],
+        "eval.fingerprint": json.dumps(evaluation["fingerprint"], sort_keys=True),
+    }
+    return tags
+
+
+def register(settings: Settings, cfg: PipelineConfig, lineage: dict) -> dict:
+    import mlflow
+    from mlflow.models import infer_signature
+
+    training = read_json(settings.candidate_dir / "train.json", "train")
+    evaluation = read_json(settings.reports_dir / "evaluation.json", "evaluate")
+    if evaluation["checkpoint_sha256"] != training["checkpoint_sha256"]:
+        raise ValueError(f"{settings.reports_dir / 'evaluation.json'}: evaluates checkpoint "
+                         f"{evaluation['checkpoint_sha256'][:12]}, not the candidate "
+                         f"{training['checkpoint_sha256'][:12]}; re-run evaluate")
+    run_id = training.get("mlflow_run_id")
+    name = model_name(cfg)
+    c = client(settings.mlflow_uri)
+    mlflow.set_tracking_uri(settings.mlflow_uri)
+
+    _, state = rebuild(load_checkpoint(settings.candidate_dir / "checkpoint.pt"))
+    G = state.G_ema.eval()
+    z = np.random.default_rng(0).standard_normal((8, G.z_dim)).astype(np.float32)
+    with torch.no_grad():
+        out = G(torch.from_numpy(z)).numpy()
+    with mlflow.start_run(run_id=run_id):
+        # pt2 (torch.export): loads without unpickling code; batch dimension exported as dynamic
+        info = mlflow.pytorch.log_model(
+            G, name="generator", input_example=z, signature=infer_signature(z, out),
+            serialization_format="pt2", pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        mlflow.log_artifact(str(settings.candidate_dir / "checkpoint.pt"), "checkpoint")
+    tags = lineage_tags(settings, cfg, training, evaluation, lineage)
+    version = mlflow.register_model(info.model_uri, name, tags=tags)
+
+    candidate = Scored(float(evaluation["fid"]), evaluation["fingerprint"]["id"], str(version.version))
+    champion = champion_version(c, name)
+    promote, reason = decide(candidate, _scored(champion), cfg.register.promotion_margin)
+    if promote:
+        c.set_registered_model_alias(name, CHAMPION, version.version)
+    c.set_model_version_tag(name, version.version, "promotion.decision", "promoted" if promote else "not promoted")
+    c.set_model_version_tag(name, version.version, "promotion.reason", reason)
+    result = {"model_name": name, "version": str(version.version), "champion": promote, "reason": reason,
+              "model_uri": f"models:/{name}/{version.version}", "metric": evaluation["metric"],
+              "fid": evaluation["fid"], "mlflow_run_id": run_id}
+    _write_json(settings.reports_dir / "registration.json", result)
+    return result

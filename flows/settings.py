@@ -1,0 +1,97 @@
+"""Where things live and which services to talk to: read once from the environment.
+
+The workspace is the DVC project (params.yaml, dvc.yaml, data/, models/, reports/); GANPIPE_HOME holds
+everything that is not versioned in git: the MLflow database and artifacts, Ray's run storage with
+every checkpoint, the Prefect database, the local DVC remote and logs. Pointing a test or a user at a
+different home isolates a run completely; pointing the URIs at servers switches from the embedded
+defaults to real services without code changes.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class SettingsError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Settings:
+    workspace: Path
+    home: Path
+    mlflow_uri: str
+    ray_address: str | None  # None: start a local Ray instance for the run
+    dvc_remote: str  # name of the DVC remote to push to
+    dvc_remote_url: str | None  # set for the embedded local remote (configured in .dvc/config.local)
+
+    @property
+    def params_file(self) -> Path:
+        return self.workspace / "params.yaml"
+
+    @property
+    def ray_storage(self) -> Path:
+        return self.home / "ray_results"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.home / "mlartifacts"
+
+    def prepared_dir(self, dataset: str) -> Path:
+        return self.workspace / "data" / "prepared" / dataset
+
+    @property
+    def candidate_dir(self) -> Path:
+        return self.workspace / "models" / "candidate"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.workspace / "reports"
+
+
+def find_workspace(start: Path) -> Path:
+    for d in (start, *start.parents):
+        if (d / "dvc.yaml").is_file() and (d / "params.yaml").is_file():
+            return d
+    raise SettingsError(f"no workspace (a folder with dvc.yaml and params.yaml) at or above {start}; "
+                        "run ganpipe from the project folder or set GANPIPE_WORKSPACE")
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    env = dict(os.environ if env is None else env)
+    ws = Path(env["GANPIPE_WORKSPACE"]).resolve() if env.get("GANPIPE_WORKSPACE") else find_workspace(Path.cwd())
+    home = Path(env.get("GANPIPE_HOME") or ws / ".ganpipe").resolve()
+    remote = env.get("GANPIPE_DVC_REMOTE", "ganpipe-local")
+    return Settings(
+        workspace=ws,
+        home=home,
+        mlflow_uri=env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}",
+        ray_address=env.get("RAY_ADDRESS") or None,
+        dvc_remote=remote,
+        dvc_remote_url=str(home / "dvc-remote") if remote == "ganpipe-local" else None,
+    )
+
+
+def configure_environment(s: Settings) -> None:
+    """Set the variables Prefect, MLflow and Ray read at import/start. Must run before they are imported.
+    Values the user set win (setdefault), except the Prefect home, which follows GANPIPE_HOME."""
+    s.home.mkdir(parents=True, exist_ok=True)
+    os.environ["GANPIPE_WORKSPACE"] = str(s.workspace)
+    os.environ["GANPIPE_HOME"] = str(s.home)
+    os.environ.setdefault("PREFECT_HOME", str(s.home / "prefect"))
+    # measured: the ephemeral API's first start runs DB migrations for ~20 s, past the 20 s default
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # else "database is locked"
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    os.environ.setdefault("MLFLOW_TRACKING_URI", s.mlflow_uri)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    # measured: each ray.train.report blocks ~2 s at the default 2 s health-check interval
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    if s.ray_address is None:
+        # a local instance started for this run only: token auth protects shared clusters, not this
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")

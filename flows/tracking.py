@@ -1,0 +1,70 @@
+"""MLflow helpers: experiments, runs, the metric-streaming callback and registry access."""
+from __future__ import annotations
+
+import time
+
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from gan_core.config import PipelineConfig
+from gan_core.train import Callback, TrainState
+
+CHAMPION = "champion"
+
+
+def client(tracking_uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def model_name(cfg: PipelineConfig) -> str:
+    """One registered model per dataset and architecture: versions of it compete for `champion`."""
+    return f"{cfg.register.model_prefix}-{cfg.data.name}-{cfg.model.arch}"
+
+
+def experiment_id(c: MlflowClient, name: str, artifact_root: str | None) -> str:
+    """Get or create; with a local database the artifacts go under GANPIPE_HOME, not ./mlruns."""
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = f"{artifact_root.rstrip('/')}/{name}" if artifact_root else None
+    try:
+        return c.create_experiment(name, artifact_location=location)
+    except MlflowException:  # created concurrently by another run
+        return c.get_experiment_by_name(name).experiment_id
+
+
+def flat_params(cfg: PipelineConfig) -> dict[str, str]:
+    return {f"{sec}.{k}": str(v) for sec, fields in cfg.to_dict().items() for k, v in fields.items()}
+
+
+def start_run(c: MlflowClient, exp_id: str, run_name: str, cfg: PipelineConfig, tags: dict[str, str]) -> str:
+    run = c.create_run(exp_id, run_name=run_name, tags=tags)
+    params = flat_params(cfg)
+    items = list(params.items())
+    from mlflow.entities import Param
+
+    for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+        c.log_batch(run.info.run_id, params=[Param(k, v) for k, v in items[i:i + 100]])
+    return run.info.run_id
+
+
+class MlflowMetrics(Callback):
+    """Streams the loop's averaged metrics to an MLflow run, keyed by step (rank 0 only)."""
+
+    def __init__(self, tracking_uri: str, run_id: str, prefix: str = "train/"):
+        self.client, self.run_id, self.prefix = client(tracking_uri), run_id, prefix
+
+    def on_log(self, state: TrainState, metrics: dict[str, float]) -> None:
+        ts = int(time.time() * 1000)
+        batch = [Metric(self.prefix + k, float(v), ts, state.step) for k, v in metrics.items()]
+        batch.append(Metric(self.prefix + "images_seen", float(state.images_seen), ts, state.step))
+        self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
+
+
+def champion_version(c: MlflowClient, name: str):
+    """The model version holding the champion alias, or None (no model or no alias yet)."""
+    try:
+        return c.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None

@@ -1,0 +1,186 @@
+"""Stage 2, train: Ray Train TorchTrainer, DDP over G and D, checkpoints through ray.train.report.
+
+The driver starts (or joins) Ray, runs `train_loop_per_worker` on `num_workers` workers and copies
+the final checkpoint into models/candidate/, which DVC versions. A worker failure restarts the
+worker group from the last reported checkpoint (FailureConfig.max_failures).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from flows.settings import Settings
+from gan_core.checkpoint import (gather_rng_states, load_checkpoint, restore, save_checkpoint,
+                                 to_checkpoint)
+from gan_core.config import PipelineConfig
+from gan_core.data import ShardedBatches, load_prepared, replace_dir
+from gan_core.train import Callback, TrainState, build_state, distribute, train
+
+CKPT_NAME = "checkpoint.pt"
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+class RayCheckpoints(Callback):
+    """Reports a checkpoint to Ray every checkpoint_every steps. Every rank must call report;
+    only rank 0 writes the file. Per-rank RNG states are gathered first (a collective)."""
+
+    def __init__(self, cfg: PipelineConfig, rank: int, meta: dict):
+        self.cfg, self.rank, self.meta = cfg, rank, meta
+
+    def on_checkpoint(self, state: TrainState) -> None:
+        import ray.train
+
+        rng = gather_rng_states()
+        metrics = {"step": state.step, "images_seen": state.images_seen}
+        if self.rank != 0:
+            ray.train.report(metrics, checkpoint=None)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            save_checkpoint(Path(d) / CKPT_NAME, to_checkpoint(state, self.cfg, rng, self.meta))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    cfg = PipelineConfig.from_dict(config["pipeline"])
+    torch.set_num_threads(config["threads"])  # one worker per core: no oversubscription
+    device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
+
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    state = build_state(cfg, device)
+    torch.manual_seed(cfg.train.seed * 1_000_003 + rank + 1)  # then a distinct latent stream per rank
+    resumed = ray.train.get_checkpoint()
+    if resumed is not None:
+        with resumed.as_directory() as d:
+            state.world = world
+            restore(state, load_checkpoint(Path(d) / CKPT_NAME), rank)
+    if world > 1:
+        distribute(state, world)
+
+    data = load_prepared(config["data_dir"])
+    images = torch.from_numpy(data.images).to(device)
+    labels = torch.from_numpy(data.labels).to(device) if data.labels is not None else None
+    batches = ShardedBatches(images, labels, cfg.train.per_worker_batch, rank, world, cfg.train.seed)
+
+    callbacks: list[Callback] = [RayCheckpoints(cfg, rank, config["meta"])]
+    if rank == 0 and config.get("mlflow_run_id"):
+        from flows.tracking import MlflowMetrics
+
+        callbacks.append(MlflowMetrics(config["mlflow_uri"], config["mlflow_run_id"]))
+    train(state, batches.from_step(state.step), cfg, callbacks)
+
+
+def _cpus_per_worker(cfg: PipelineConfig) -> int:
+    import ray
+
+    if cfg.train.threads_per_worker:
+        return cfg.train.threads_per_worker
+    if cfg.train.use_gpu:
+        return 1
+    return max(1, int(ray.cluster_resources().get("CPU", 1)) // cfg.train.num_workers)
+
+
+def run_training(settings: Settings, cfg: PipelineConfig, data_dir: str, run_name: str,
+                 mlflow_run_id: str | None, meta: dict) -> dict:
+    """Train on Ray, then place the final checkpoint in models/candidate/. Returns a reference."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    started = False
+    if not ray.is_initialized():
+        env_vars = {k: os.environ[k] for k in ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",) if k in os.environ}
+        if settings.ray_address:
+            ray.init(address=settings.ray_address, runtime_env={"env_vars": env_vars})
+        else:
+            # the dashboard hosts the State API that Ray Train's placement-group cleaner polls;
+            # without it every run logs a warning per second
+            ray.init(num_cpus=os.cpu_count(), runtime_env={"env_vars": env_vars}, logging_level="WARNING")
+        started = True
+    try:
+        cpus = _cpus_per_worker(cfg)
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"pipeline": cfg.to_dict(), "data_dir": data_dir, "threads": cpus, "meta": meta,
+                               "mlflow_uri": settings.mlflow_uri, "mlflow_run_id": mlflow_run_id},
+            scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+                                         resources_per_worker=None if cfg.train.use_gpu else {"CPU": cpus}),
+            torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
+            run_config=RunConfig(name=run_name, storage_path=str(settings.ray_storage),
+                                 failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        )
+        try:
+            result = trainer.fit()
+        except Exception as e:
+            raise TrainingError(f"Ray Train run {run_name!r} failed: {type(e).__name__}: {e}") from e
+        if result.checkpoint is None:
+            raise TrainingError(f"Ray Train run {run_name!r} finished without a checkpoint")
+        with result.checkpoint.as_directory() as d:
+            ckpt_file = Path(d) / CKPT_NAME
+            ckpt = load_checkpoint(ckpt_file)  # verifies the hash before it becomes the candidate
+            return publish_candidate(settings, ckpt_file, ckpt, run_name, mlflow_run_id, result.path)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def publish_candidate(settings: Settings, ckpt_file: Path, ckpt: dict, run_name: str,
+                      mlflow_run_id: str | None, ray_path: str) -> dict:
+    """Copy the verified final checkpoint into models/candidate/ (atomic folder swap)."""
+    dest = settings.candidate_dir
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".candidate.", dir=dest.parent))
+    try:
+        shutil.copy2(ckpt_file, tmp / CKPT_NAME)
+        shutil.copy2(ckpt_file.with_name(CKPT_NAME + ".json"), tmp / (CKPT_NAME + ".json"))
+        sha = json.loads((tmp / (CKPT_NAME + ".json")).read_text())["sha256"]
+        info = {"run_name": run_name, "mlflow_run_id": mlflow_run_id, "step": int(ckpt["step"]),
+                "images_seen": int(ckpt["images_seen"]), "checkpoint_sha256": sha, "ray_result_path": ray_path,
+                "meta": ckpt["meta"]}
+        (tmp / "train.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        replace_dir(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {**info, "checkpoint": str(dest / CKPT_NAME)}
+
+
+def train_stage(settings: Settings, cfg: PipelineConfig, lineage: dict) -> dict:
+    """The train stage: open the MLflow run with its lineage tags, then train on Ray."""
+    import time
+
+    from flows import versioning
+    from flows.tracking import client, experiment_id, model_name, start_run
+    from gan_core.data import load_manifest
+
+    prepared = settings.prepared_dir(cfg.data.name)
+    manifest = load_manifest(prepared)
+    meta = {"dataset_name": cfg.data.name, "dataset_sha256": manifest["content_sha256"],
+            "params_sha256": cfg.params_hash(), "git_commit": versioning.git_commit(settings),
+            "prefect_flow_run_id": lineage.get("prefect.flow_run_id", "none")}
+    run_name = f"{model_name(cfg)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    c = client(settings.mlflow_uri)
+    embedded = settings.mlflow_uri.startswith(("sqlite:", "file:"))
+    exp = experiment_id(c, f"{cfg.register.model_prefix}-{cfg.data.name}",
+                        settings.mlflow_artifacts.as_uri() if embedded else None)
+    tags = {"ray.run_name": run_name, "dataset.name": cfg.data.name, "model.arch": cfg.model.arch,
+            **{f"lineage.{k}": str(v) for k, v in meta.items()}}
+    run_id = start_run(c, exp, run_name, cfg, tags)
+    try:
+        return run_training(settings, cfg, str(prepared), run_name, run_id, meta)
+    except BaseException:
+        c.set_terminated(run_id, "FAILED")
+        raise

@@ -1,0 +1,170 @@
+"""Self-describing, atomic checkpoints: everything needed to rebuild and resume, nothing pickled.
+
+A checkpoint is a dict of tensors and primitives (config, step, state dicts, RNG states per rank,
+lineage metadata) saved with torch.save and loaded with `weights_only=True`, so loading a file
+can never run code from it. Writes go to a temporary file in the same folder, are fsynced, then
+renamed into place; a sidecar `<name>.json` holds the sha256 so a torn or edited file is refused.
+"""
+from __future__ import annotations
+
+import io
+import hashlib
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from gan_core.config import PipelineConfig
+from gan_core.data import file_sha256
+from gan_core.train import TrainState, build_state
+from gan_core.steps import unwrap
+
+FORMAT = "ganpipe-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, torn, tampered with or of an unknown format."""
+
+
+# ---- RNG -------------------------------------------------------------------------------------
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states as tensors/primitives (weights_only-loadable)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(s: dict[str, Any]) -> None:
+    torch.set_rng_state(s["torch"])
+    if s["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+    n = s["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    version, internal, gauss_next = s["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def gather_rng_states() -> list[dict[str, Any]]:
+    """RNG state of every rank (index = rank), so a resumed run continues each rank's stream."""
+    mine = rng_state()
+    if not (dist.is_available() and dist.is_initialized()):
+        return [mine]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, mine)
+    return out
+
+
+# ---- state <-> dict ----------------------------------------------------------------------------
+def to_checkpoint(state: TrainState, cfg: PipelineConfig, rng: list[dict], meta: dict | None = None) -> dict:
+    return {
+        "format": FORMAT,
+        "config": cfg.to_dict(),
+        "step": state.step,
+        "images_seen": state.images_seen,
+        "world": state.world,
+        "models": {"G": unwrap(state.G).state_dict(), "D": unwrap(state.D).state_dict(),
+                   "G_ema": state.G_ema.state_dict()},
+        "optimizers": {"G": state.opt_g.state_dict(), "D": state.opt_d.state_dict()},
+        "extra": state.extra,
+        "rng": rng,
+        "meta": meta or {},
+    }
+
+
+def restore(state: TrainState, ckpt: dict, rank: int = 0) -> TrainState:
+    """Load every piece of ckpt into state (in place). RNG is restored for `rank` when the
+    checkpoint holds that rank (same world size); otherwise the caller's seeding stands."""
+    unwrap(state.G).load_state_dict(ckpt["models"]["G"])
+    unwrap(state.D).load_state_dict(ckpt["models"]["D"])
+    state.G_ema.load_state_dict(ckpt["models"]["G_ema"])
+    state.opt_g.load_state_dict(ckpt["optimizers"]["G"])
+    state.opt_d.load_state_dict(ckpt["optimizers"]["D"])
+    state.step, state.images_seen = int(ckpt["step"]), int(ckpt["images_seen"])
+    state.extra = dict(ckpt.get("extra", {}))
+    if rank < len(ckpt["rng"]) and int(ckpt.get("world", 1)) == state.world:
+        set_rng_state(ckpt["rng"][rank])
+    return state
+
+
+def rebuild(ckpt: dict, device: torch.device | str = "cpu") -> tuple[PipelineConfig, TrainState]:
+    """Config + a full TrainState from a checkpoint alone (nanoGPT's `model_args` idea)."""
+    cfg = PipelineConfig.from_dict(ckpt["config"])
+    state = build_state(cfg, device)
+    return cfg, restore(state, ckpt, rank=len(ckpt["rng"]))  # rank past the end: leave RNG alone
+
+
+# ---- files -------------------------------------------------------------------------------------
+def save_checkpoint(path: str | Path, ckpt: dict) -> str:
+    """Atomically write ckpt to path and its sha256 sidecar; returns the sha256."""
+    path = Path(path)
+    data = torch_bytes(ckpt)
+    digest = hashlib.sha256(data).hexdigest()
+    write_bytes_atomic(path, data)
+    sidecar = {"format": FORMAT, "file": path.name, "sha256": digest, "step": ckpt["step"]}
+    _write_text_atomic(sidecar_path(path), json.dumps(sidecar, indent=2) + "\n")
+    return digest
+
+
+def load_checkpoint(path: str | Path, verify: bool = True) -> dict:
+    """Load a checkpoint without unpickling code; with verify, the sidecar hash must match."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if verify:
+        side = sidecar_path(path)
+        if not side.is_file():
+            raise CheckpointError(f"{side}: missing hash sidecar; refusing an unverified checkpoint")
+        expected = json.loads(side.read_text())["sha256"]
+        if file_sha256(path) != expected:
+            raise CheckpointError(f"{path}: sha256 differs from {side.name} (torn write or tampering)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a pickle payload or a torn zip both end here
+        raise CheckpointError(f"{path}: not a loadable weights-only checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: format is not {FORMAT!r}")
+    return ckpt
+
+
+def sidecar_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def torch_bytes(obj: Any) -> bytes:
+    """torch.save into memory: through a buffer the archive carries no file name, so equal
+    content gives equal bytes (and equal DVC hashes)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, rename: readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode())

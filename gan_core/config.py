@@ -1,0 +1,189 @@
+"""Frozen configs, read once at the edge (params.yaml, CLI overrides, Prefect parameters).
+
+Every section validates itself on construction and raises ConfigError naming the field, so bad
+input stops before any work starts. `PipelineConfig.from_dict` rejects unknown keys for the same
+reason: a typo such as `train.stepz` must not silently fall back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+class ConfigError(ValueError):
+    """A config value is invalid. The message starts with the dotted field name."""
+
+    def __init__(self, field_name: str, reason: str):
+        super().__init__(f"{field_name}: {reason}")
+        self.field = field_name
+        self.reason = reason
+
+
+def _check(cond: bool, field_name: str, reason: str) -> None:
+    if not cond:
+        raise ConfigError(field_name, reason)
+
+
+def _is_pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "digits"  # dataset name; also the folder under data/prepared/
+    source: str = "sklearn-digits"  # where prepare reads from
+    resolution: int = 16  # square side after normalisation
+    channels: int = 1  # 1 (grey) or 3 (RGB)
+
+    def __post_init__(self):
+        _check(bool(NAME_RE.match(self.name)), "data.name",
+               f"{self.name!r} must match {NAME_RE.pattern} (lower-case letters, digits, '-', '_')")
+        _check(_is_pow2(self.resolution) and 8 <= self.resolution <= 1024, "data.resolution",
+               f"must be a power of two in [8, 1024], got {self.resolution}")
+        _check(self.channels in (1, 3), "data.channels", f"must be 1 or 3, got {self.channels}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "dcgan"  # a key of gan_core.models.ARCHS
+    loss: str = "nonsat"  # a key of gan_core.losses.LOSSES the family supports
+    z_dim: int = 64
+    g_channels: int = 64  # generator width at the output resolution; doubles per halving
+    d_channels: int = 64  # discriminator width at the input resolution; doubles per halving
+
+    def __post_init__(self):
+        _check(self.z_dim > 0, "model.z_dim", f"must be > 0, got {self.z_dim}")
+        _check(self.g_channels > 0, "model.g_channels", f"must be > 0, got {self.g_channels}")
+        _check(self.d_channels > 0, "model.d_channels", f"must be > 0, got {self.d_channels}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 3000  # optimizer steps of G (each with one D step)
+    batch_size: int = 64  # global batch, split evenly over workers
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    ema_decay: float = 0.995  # G_ema <- decay * G_ema + (1 - decay) * G
+    ema_start: int = 100  # copy G into G_ema until this step (early G moves too fast to average)
+    seed: int = 0
+    num_workers: int = 2  # Ray Train workers (one per GPU with use_gpu)
+    use_gpu: bool = False
+    threads_per_worker: int = 0  # torch intra-op threads per worker; 0 = cores // workers
+    checkpoint_every: int = 500  # steps between checkpoints reported to Ray
+    log_every: int = 25  # steps between metric records streamed to MLflow
+    max_failures: int = 1  # Ray Train worker-group restarts from the last checkpoint
+    bf16: bool = False  # bf16 autocast (GPU)
+    channels_last: bool = False  # NHWC memory format (GPU convs)
+
+    def __post_init__(self):
+        _check(self.steps > 0, "train.steps", f"must be > 0, got {self.steps}")
+        _check(self.num_workers >= 1, "train.num_workers", f"must be >= 1, got {self.num_workers}")
+        _check(self.batch_size > 0 and self.batch_size % self.num_workers == 0, "train.batch_size",
+               f"must be a positive multiple of train.num_workers={self.num_workers}, got {self.batch_size}")
+        for name in ("lr_g", "lr_d"):
+            _check(getattr(self, name) > 0, f"train.{name}", f"must be > 0, got {getattr(self, name)}")
+        for name in ("beta1", "beta2", "ema_decay"):
+            v = getattr(self, name)
+            _check(0 <= v < 1, f"train.{name}", f"must be in [0, 1), got {v}")
+        _check(self.ema_start >= 0, "train.ema_start", f"must be >= 0, got {self.ema_start}")
+        _check(self.threads_per_worker >= 0, "train.threads_per_worker", "must be >= 0")
+        _check(self.checkpoint_every > 0, "train.checkpoint_every", "must be > 0")
+        _check(self.log_every > 0, "train.log_every", "must be > 0")
+        _check(self.max_failures >= 0, "train.max_failures", "must be >= 0")
+
+    @property
+    def per_worker_batch(self) -> int:
+        return self.batch_size // self.num_workers
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    n_fake: int = 2000  # generated samples for FID; the metric name carries it (fid_2k)
+    batch_size: int = 500
+    backbone: str = "domain-classifier"  # feature network; FIDs compare only within one backbone
+    seed: int = 1234  # seed of the evaluation latents, so the same G gives the same FID
+    grid: int = 8  # sample grid is grid x grid
+
+    def __post_init__(self):
+        _check(self.n_fake >= 2, "eval.n_fake", f"must be >= 2, got {self.n_fake}")
+        _check(self.batch_size > 0, "eval.batch_size", f"must be > 0, got {self.batch_size}")
+        _check(1 <= self.grid <= 32, "eval.grid", f"must be in [1, 32], got {self.grid}")
+
+
+@dataclass(frozen=True)
+class RegisterConfig:
+    promotion_margin: float = 0.0  # candidate becomes champion only if fid < champion_fid - margin
+    model_prefix: str = "ganpipe"  # registered name: <prefix>-<dataset>-<arch>
+
+    def __post_init__(self):
+        _check(self.promotion_margin >= 0, "register.promotion_margin",
+               f"must be >= 0, got {self.promotion_margin}")
+        _check(bool(NAME_RE.match(self.model_prefix)), "register.model_prefix",
+               f"{self.model_prefix!r} must match {NAME_RE.pattern}")
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "eval": EvalConfig,
+            "register": RegisterConfig}
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    register: RegisterConfig = field(default_factory=RegisterConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "PipelineConfig":
+        d = d or {}
+        unknown = sorted(set(d) - set(SECTIONS))
+        if unknown:
+            raise ConfigError(unknown[0], f"unknown section (known: {', '.join(SECTIONS)})")
+        return cls(**{name: _section_from_dict(name, sec, d.get(name) or {}) for name, sec in SECTIONS.items()})
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def params_hash(self) -> str:
+        """sha256 of the canonical JSON of every setting: the 'params hash' lineage tag."""
+        return hashlib.sha256(canonical_json(self.to_dict()).encode()).hexdigest()
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def _section_from_dict(section: str, cls: type, values: dict[str, Any]):
+    if not isinstance(values, dict):
+        raise ConfigError(section, f"must be a mapping, got {type(values).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{section}.{key}", f"unknown field (known: {', '.join(known)})")
+        kwargs[key] = _coerce(f"{section}.{key}", known[key].type, value)
+    return cls(**kwargs)
+
+
+def _coerce(name: str, type_name: str, value: Any) -> Any:
+    """Strict scalar coercion: ints may become floats, nothing else changes type silently."""
+    if type_name == "bool":
+        _check(isinstance(value, bool), name, f"must be true or false, got {value!r}")
+    elif type_name == "int":
+        _check(isinstance(value, int) and not isinstance(value, bool), name, f"must be an integer, got {value!r}")
+    elif type_name == "float":
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), name,
+               f"must be a number, got {value!r}")
+        value = float(value)
+    elif type_name == "str":
+        _check(isinstance(value, str), name, f"must be a string, got {value!r}")
+    return value

@@ -1,0 +1,200 @@
+"""The prepared-dataset format: uint8 NCHW images (+ int64 labels) and a manifest with a content hash.
+
+On disk a prepared dataset is a folder:
+    images.npy      (N, C, R, R) uint8, 0..255
+    labels.npy      (N,) int64, only for labelled data
+    manifest.json   count, shape, labels, content_sha256, file hashes
+Plain .npy files (not .npz) because np.savez stamps the current time into its zip entries, which
+would change the bytes, and so the DVC hash, of identical data.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DistributedSampler
+
+FORMAT = "ganpipe-prepared/1"
+
+
+class DataError(ValueError):
+    """Dataset content or files are invalid. The message names the file or array and the reason."""
+
+
+@dataclass(frozen=True)
+class PreparedDataset:
+    images: np.ndarray  # (N, C, R, R) uint8
+    labels: np.ndarray | None  # (N,) int64 in [0, num_classes)
+    manifest: dict
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.manifest["labels"]["num_classes"]) if self.labels is not None else 0
+
+
+def normalise_images(images: np.ndarray, resolution: int, channels: int) -> np.ndarray:
+    """(N, H, W) or (N, H, W, C) uint8 -> (N, channels, resolution, resolution) uint8.
+
+    Resizes with Pillow's bicubic filter (antialiased when shrinking) and converts grey <-> RGB.
+    """
+    if images.dtype != np.uint8:
+        raise DataError(f"images: expected uint8, got {images.dtype}")
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise DataError(f"images: expected (N, H, W) or (N, H, W, 1|3), got shape {images.shape}")
+    mode = "L" if channels == 1 else "RGB"
+    out = np.empty((len(images), channels, resolution, resolution), dtype=np.uint8)
+    for i, im in enumerate(images):
+        pil = Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im).convert(mode)
+        if pil.size != (resolution, resolution):
+            pil = pil.resize((resolution, resolution), Image.Resampling.BICUBIC)
+        arr = np.asarray(pil, dtype=np.uint8)
+        out[i] = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+    return out
+
+
+def validate(images: np.ndarray, labels: np.ndarray | None) -> None:
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+        raise DataError(f"images: must be a uint8 numpy array, got {getattr(images, 'dtype', type(images))}")
+    if images.ndim != 4 or images.shape[1] not in (1, 3) or images.shape[2] != images.shape[3]:
+        raise DataError(f"images: must be (N, 1|3, R, R), got shape {images.shape}")
+    if len(images) == 0:
+        raise DataError("images: dataset is empty")
+    if labels is not None:
+        if labels.dtype != np.int64 or labels.shape != (len(images),):
+            raise DataError(f"labels: must be int64 of shape ({len(images)},), got {labels.dtype} {labels.shape}")
+        if labels.min() < 0:
+            raise DataError(f"labels: must be >= 0, found {labels.min()}")
+
+
+def content_hash(images: np.ndarray, labels: np.ndarray | None) -> str:
+    """sha256 over shape, pixels and labels: equal data <=> equal hash, whatever the file layout."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"shape": list(images.shape), "labels": labels is not None}).encode())
+    h.update(np.ascontiguousarray(images).tobytes())
+    if labels is not None:
+        h.update(np.ascontiguousarray(labels).tobytes())
+    return h.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_prepared(out_dir: str | Path, images: np.ndarray, labels: np.ndarray | None, meta: dict,
+                   extras: Callable[[Path, dict], None] | None = None) -> dict:
+    """Validate and write a prepared dataset atomically: readers see the old folder or the new one.
+    `extras(tmp_dir, manifest)` adds derived files (backbone, reference stats) before the swap."""
+    validate(images, labels)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        np.save(tmp / "images.npy", images, allow_pickle=False)
+        files = {"images.npy": file_sha256(tmp / "images.npy")}
+        label_info = None
+        if labels is not None:
+            np.save(tmp / "labels.npy", labels, allow_pickle=False)
+            files["labels.npy"] = file_sha256(tmp / "labels.npy")
+            counts = np.bincount(labels)
+            label_info = {"num_classes": int(len(counts)), "counts": [int(c) for c in counts]}
+        manifest = {
+            "format": FORMAT, **meta,
+            "kind": "labelled" if labels is not None else "unconditional",
+            "count": int(len(images)), "shape": list(images.shape[1:]), "dtype": "uint8",
+            "labels": label_info, "content_sha256": content_hash(images, labels), "files": files,
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        if extras is not None:
+            extras(tmp, manifest)
+        replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def replace_dir(new: Path, dest: Path) -> None:
+    """Swap `new` into place as `dest` with renames only; the previous folder is removed afterwards."""
+    old = None
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        os.replace(dest, old)
+    os.replace(new, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_manifest(data_dir: str | Path) -> dict:
+    path = Path(data_dir) / "manifest.json"
+    if not path.is_file():
+        raise DataError(f"{path}: missing; run the prepare stage first")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise DataError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r}")
+    return manifest
+
+
+def load_prepared(data_dir: str | Path, verify: bool = True) -> PreparedDataset:
+    """Read a prepared dataset; with verify, refuse files whose bytes differ from the manifest."""
+    data_dir = Path(data_dir)
+    manifest = load_manifest(data_dir)
+    for name, expected in manifest["files"].items():
+        if verify and file_sha256(data_dir / name) != expected:
+            raise DataError(f"{data_dir / name}: sha256 differs from manifest.json (corrupt or edited)")
+    images = np.load(data_dir / "images.npy", allow_pickle=False)
+    labels = np.load(data_dir / "labels.npy", allow_pickle=False) if "labels.npy" in manifest["files"] else None
+    validate(images, labels)
+    return PreparedDataset(images, labels, manifest)
+
+
+def to_float(images_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 0..255 -> float32 in [-1, 1], the range every generator outputs."""
+    return images_u8.float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """float in [-1, 1] -> uint8 0..255 (clamped, rounded)."""
+    return images.add(1.0).mul(127.5).round_().clamp_(0, 255).to(torch.uint8)
+
+
+class ShardedBatches:
+    """Endless per-worker batches drawn by torch's DistributedSampler, resumable from a step.
+
+    Each epoch every worker sees a disjoint shard; `epoch` and the position inside it follow from
+    the step alone, so a resumed run continues with exactly the batches the original would have seen.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, batch_size: int,
+                 rank: int, world: int, seed: int):
+        self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.sampler = DistributedSampler(range(len(images)), num_replicas=world, rank=rank,
+                                          shuffle=True, seed=seed, drop_last=True)
+        self.per_epoch = len(self.sampler) // batch_size
+        if self.per_epoch == 0:
+            raise DataError(f"dataset of {len(images)} images is smaller than one batch of "
+                            f"{batch_size} per worker x {world} workers")
+
+    def from_step(self, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        epoch, offset = divmod(step, self.per_epoch)
+        while True:
+            self.sampler.set_epoch(epoch)
+            idx = torch.tensor(list(self.sampler), dtype=torch.long)
+            for b in range(offset, self.per_epoch):
+                sel = idx[b * self.batch_size:(b + 1) * self.batch_size]
+                yield self.images[sel], (self.labels[sel] if self.labels is not None else None)
+            epoch, offset = epoch + 1, 0

@@ -1,0 +1,108 @@
+"""FID of a generator against stored reference statistics, with the evaluator fingerprint.
+
+The fingerprint names everything that moves the number: backbone and its weights, resize mode,
+image range, n_real, n_fake and the reference statistics. Two FIDs are comparable only when
+their fingerprints are equal; the champion gate checks exactly that.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from gan_core.config import canonical_json
+from gan_core.metrics.frechet import FeatureStats, MetricError, feature_stats, fid_from_stats
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    backbone: str
+    weights_sha256: str
+    resize: str  # how images reach the backbone's input size ("none": native resolution)
+    image_range: str  # value range fed to the backbone
+    n_real: int
+    n_fake: int
+    ref_stats_sha256: str
+
+    @property
+    def id(self) -> str:
+        return hashlib.sha256(canonical_json(asdict(self)).encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "id": self.id}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Fingerprint":
+        return cls(**{k: v for k, v in d.items() if k != "id"})
+
+
+def metric_name(n_fake: int, prefix: str = "fid") -> str:
+    """fid_2k for 2000 samples, fid_500 for 500: the sample count is part of the metric."""
+    return f"{prefix}_{n_fake // 1000}k" if n_fake % 1000 == 0 else f"{prefix}_{n_fake}"
+
+
+@dataclass(frozen=True)
+class ReferenceStats:
+    stats: FeatureStats
+    backbone: str
+    weights_sha256: str
+    dataset_sha256: str  # content hash of the prepared dataset the stats were computed on
+
+    @property
+    def sha256(self) -> str:
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(self.stats.mu).tobytes())
+        h.update(np.ascontiguousarray(self.stats.sigma).tobytes())
+        return h.hexdigest()
+
+
+def save_reference(folder: Path, ref: ReferenceStats) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "mu.npy", ref.stats.mu, allow_pickle=False)
+    np.save(folder / "sigma.npy", ref.stats.sigma, allow_pickle=False)
+    meta = {"backbone": ref.backbone, "weights_sha256": ref.weights_sha256, "n": ref.stats.n,
+            "dataset_sha256": ref.dataset_sha256, "stats_sha256": ref.sha256}
+    (folder / "stats.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def load_reference(folder: Path, dataset_sha256: str) -> ReferenceStats:
+    """Load reference stats, refusing ones computed on other data or altered since."""
+    meta_path = folder / "stats.json"
+    if not meta_path.is_file():
+        raise MetricError(f"{meta_path}: missing reference statistics; run the prepare stage")
+    meta = json.loads(meta_path.read_text())
+    if meta["dataset_sha256"] != dataset_sha256:
+        raise MetricError(f"{meta_path}: computed on dataset {meta['dataset_sha256'][:12]}, "
+                          f"not on this dataset {dataset_sha256[:12]}; re-run prepare")
+    stats = FeatureStats(np.load(folder / "mu.npy"), np.load(folder / "sigma.npy"), int(meta["n"]))
+    ref = ReferenceStats(stats, meta["backbone"], meta["weights_sha256"], meta["dataset_sha256"])
+    if ref.sha256 != meta["stats_sha256"]:
+        raise MetricError(f"{folder}: mu/sigma bytes differ from stats.json (corrupt or edited)")
+    return ref
+
+
+@torch.no_grad()
+def generate(G: nn.Module, n: int, seed: int, batch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """n images (n, C, R, R) in [-1, 1] from latents drawn with their own seeded generator, so the
+    same G and seed give the same images whatever the global RNG state."""
+    was_training = G.training
+    G.eval()
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(0, n, batch_size):
+        z = torch.randn(min(batch_size, n - i), G.z_dim, generator=g)
+        out.append(G(z.to(device)).float().cpu())
+    G.train(was_training)
+    images = torch.cat(out)
+    if not torch.isfinite(images).all():
+        raise MetricError("generated images contain NaN/Inf")
+    return images
+
+
+def fid_against(features_fake: np.ndarray, ref: ReferenceStats) -> float:
+    return fid_from_stats(feature_stats(features_fake), ref.stats)

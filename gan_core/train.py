@@ -1,0 +1,143 @@
+"""Training state and loop. Reports through callbacks, which is how MLflow and Ray get in
+without gan_core importing them."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from gan_core.config import ConfigError, PipelineConfig
+from gan_core.family import Family
+from gan_core.losses import LOSSES, LossPair
+from gan_core.models import get_family
+from gan_core.steps import unwrap
+
+
+class DivergedError(RuntimeError):
+    """A loss became NaN/Inf: training stops; retrying the same config would diverge again."""
+
+
+@dataclass
+class TrainState:
+    family: Family
+    G: nn.Module  # DDP-wrapped when distributed
+    D: nn.Module
+    G_ema: nn.Module  # never wrapped: an average of G's weights, used for evaluation and export
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    loss: LossPair
+    device: torch.device
+    world: int = 1
+    step: int = 0
+    images_seen: int = 0
+    bf16: bool = False
+    channels_last: bool = False
+    extra: dict = field(default_factory=dict)  # family-specific state (e.g. a scaler); checkpointed
+
+    def autocast(self):
+        if self.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+class Callback:
+    """Hooks the loop calls; override what you need. All run on every rank unless a caller filters."""
+
+    def on_log(self, state: TrainState, metrics: dict[str, float]) -> None: ...
+
+    def on_checkpoint(self, state: TrainState) -> None: ...
+
+    def on_train_end(self, state: TrainState) -> None: ...
+
+
+def build_state(cfg: PipelineConfig, device: torch.device | str = "cpu") -> TrainState:
+    """Fresh networks and optimizers for cfg, on device, unwrapped (see `distribute`)."""
+    family = get_family(cfg.model.arch)
+    if cfg.model.loss not in family.losses:
+        raise ConfigError("model.loss", f"{cfg.model.loss!r} is not supported by {family.name} "
+                                        f"(supported: {', '.join(family.losses)})")
+    device = torch.device(device)
+    G = family.build_g(cfg.model, cfg.data).to(device)
+    D = family.build_d(cfg.model, cfg.data).to(device)
+    if cfg.train.channels_last:
+        G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    t = cfg.train
+    opt_g = torch.optim.Adam(G.parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2))
+    opt_d = torch.optim.Adam(D.parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2))
+    return TrainState(family, G, D, G_ema, opt_g, opt_d, LOSSES[cfg.model.loss], device,
+                      bf16=t.bf16, channels_last=t.channels_last)
+
+
+def distribute(state: TrainState, world: int) -> TrainState:
+    """Wrap G and D in DDP (the process group must exist). Buffers are not broadcast: batch-norm
+    statistics stay per worker, which also avoids DDP rewriting buffers between D's two forwards."""
+    ids = [state.device.index] if state.device.type == "cuda" else None
+    with warnings.catch_warnings():
+        # torch 2.13 deprecates broadcast_buffers but tells rank-local-buffer users to keep it
+        warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+        state.G = DDP(state.G, device_ids=ids, broadcast_buffers=False)
+        state.D = DDP(state.D, device_ids=ids, broadcast_buffers=False)
+    state.world = world
+    return state
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    # ema <- decay * ema + (1 - decay) * model; buffers (BN running stats) are copied as they are
+    for pe, p in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(p.detach(), 1.0 - decay)
+    for be, b in zip(ema.buffers(), model.buffers()):
+        be.copy_(b)
+
+
+def train(state: TrainState, batches: Iterator, cfg: PipelineConfig,
+          callbacks: Iterable[Callback] = ()) -> TrainState:
+    """Run steps until cfg.train.steps, starting at state.step (so a restored state resumes)."""
+    t, callbacks = cfg.train, list(callbacks)
+    sums: dict[str, torch.Tensor] = {}
+    n, imgs, t0, paused = 0, 0, time.perf_counter(), 0.0
+    for batch in batches:
+        if state.step >= t.steps:
+            break
+        # ---- one optimisation step (family-specific) --------------------------------------
+        out = state.family.step(state, batch, t)
+        state.step += 1
+        batch_images = batch[0].shape[0] * state.world
+        state.images_seen += batch_images
+        decay = t.ema_decay if state.step > t.ema_start else 0.0
+        ema_update(state.G_ema, unwrap(state.G), decay)
+        # ---- metrics, averaged over the log window -----------------------------------------
+        for k, v in out.items():
+            sums[k] = sums.get(k, 0.0) + v
+        n, imgs = n + 1, imgs + batch_images
+        last = state.step == t.steps
+        if state.step % t.log_every == 0 or last:
+            if state.device.type == "cuda":
+                torch.cuda.synchronize(state.device)
+            elapsed = time.perf_counter() - t0 - paused  # checkpoint time is not throughput
+            metrics = {k: float(v) / n for k, v in sums.items()}
+            bad = [k for k, v in metrics.items() if not math.isfinite(v)]
+            if bad:
+                raise DivergedError(f"step {state.step}: non-finite {', '.join(bad)} ({metrics})")
+            metrics["images_per_s"] = imgs / elapsed if elapsed > 0 else 0.0
+            for cb in callbacks:
+                cb.on_log(state, metrics)
+            sums, n, imgs, t0, paused = {}, 0, 0, time.perf_counter(), 0.0
+        # ---- checkpoints -------------------------------------------------------------------
+        if state.step % t.checkpoint_every == 0 or last:
+            tc = time.perf_counter()
+            for cb in callbacks:
+                cb.on_checkpoint(state)
+            paused += time.perf_counter() - tc
+    for cb in callbacks:
+        cb.on_train_end(state)
+    return state
