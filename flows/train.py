@@ -28,6 +28,24 @@ class TrainingError(RuntimeError):
     pass
 
 
+class InjectedFault(RuntimeError):
+    """Raised on purpose by the GANPIPE_FAULT_AT seam (tests and drills)."""
+
+
+class FaultAt(Callback):
+    """Fail one rank at one step, once: a run that resumed from a checkpoint at or past that step
+    does not fail again, so FailureConfig's restart path can be exercised end to end."""
+
+    def __init__(self, spec: str, rank: int, resumed_step: int):
+        step, _, fault_rank = spec.partition(":")
+        self.step, self.rank = int(step), int(fault_rank or 0)
+        self.armed = rank == self.rank and resumed_step < self.step
+
+    def on_log(self, state: TrainState, metrics: dict[str, float]) -> None:
+        if self.armed and state.step >= self.step:
+            raise InjectedFault(f"injected fault at step {state.step} on rank {self.rank} (GANPIPE_FAULT_AT)")
+
+
 class RayCheckpoints(Callback):
     """Reports a checkpoint to Ray every checkpoint_every steps. Every rank must call report;
     only rank 0 writes the file. Per-rank RNG states are gathered first (a collective)."""
@@ -75,6 +93,8 @@ def train_loop_per_worker(config: dict) -> None:
     batches = ShardedBatches(images, labels, cfg.train.per_worker_batch, rank, world, cfg.train.seed)
 
     callbacks: list[Callback] = [RayCheckpoints(cfg, rank, config["meta"])]
+    if config.get("fault_at"):
+        callbacks.insert(0, FaultAt(config["fault_at"], rank, state.step))
     if rank == 0 and config.get("mlflow_run_id"):
         from flows.tracking import MlflowMetrics
 
@@ -114,7 +134,8 @@ def run_training(settings: Settings, cfg: PipelineConfig, data_dir: str, run_nam
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"pipeline": cfg.to_dict(), "data_dir": data_dir, "threads": cpus, "meta": meta,
-                               "mlflow_uri": settings.mlflow_uri, "mlflow_run_id": mlflow_run_id},
+                               "mlflow_uri": settings.mlflow_uri, "mlflow_run_id": mlflow_run_id,
+                               "fault_at": os.environ.get("GANPIPE_FAULT_AT", "")},
             scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                          resources_per_worker=None if cfg.train.use_gpu else {"CPU": cpus}),
             torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
