@@ -1,0 +1,38 @@
+import numpy as np
+import pytest
+import torch
+
+from gan_core.config import PipelineConfig
+
+
+def tiny_config(**sections) -> PipelineConfig:
+    """8x8, narrow nets, a few steps: shapes and mechanics, not quality."""
+    base = {"data": {"resolution": 8}, "model": {"z_dim": 8, "g_channels": 8, "d_channels": 8},
+            "train": {"steps": 4, "batch_size": 8, "num_workers": 1, "log_every": 2, "checkpoint_every": 2},
+            "eval": {"n_fake": 64, "batch_size": 32}}
+    for k, v in sections.items():
+        base.setdefault(k, {}).update(v)
+    return PipelineConfig.from_dict(base)
+
+
+def blobs(n: int = 96, res: int = 8, classes: int = 4, seed: int = 0):
+    """uint8 (n, 1, res, res) images of one bright square per class at a class-specific corner."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n, dtype=np.int64) % classes
+    images = rng.integers(0, 30, (n, 1, res, res)).astype(np.uint8)
+    h = res // 2
+    for i, c in enumerate(labels):
+        r, col = divmod(int(c), 2)
+        images[i, 0, r * h:(r + 1) * h, col * h:(col + 1) * h] = 220
+    return images, labels
+
+
+@pytest.fixture
+def cfg():
+    return tiny_config()
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    np.random.seed(0)

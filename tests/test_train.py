@@ -1,0 +1,78 @@
+import math
+
+import pytest
+import torch
+
+from conftest import blobs, tiny_config
+from gan_core.config import ConfigError
+from gan_core.data import ShardedBatches
+from gan_core.train import Callback, DivergedError, build_state, ema_update, train
+
+
+def _batch(n=8):
+    images, labels = blobs(n)
+    return torch.from_numpy(images), torch.from_numpy(labels)
+
+
+@pytest.mark.parametrize("loss", ["nonsat", "hinge"])
+def test_one_step_changes_g_and_d_and_stays_finite(loss):
+    cfg = tiny_config(model={"loss": loss})
+    s = build_state(cfg)
+    g0 = [p.detach().clone() for p in s.G.parameters()]
+    d0 = [p.detach().clone() for p in s.D.parameters()]
+    out = s.family.step(s, _batch(), cfg.train)
+    assert set(out) == {"loss_d", "loss_g"} and all(math.isfinite(float(v)) for v in out.values())
+    assert any(not torch.equal(a, b) for a, b in zip(g0, s.G.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(d0, s.D.parameters()))
+    assert all(p.requires_grad for p in s.D.parameters())  # D unfrozen again after the G update
+
+
+def test_unsupported_loss_is_refused():
+    with pytest.raises(ConfigError, match="model.loss"):
+        build_state(tiny_config(model={"loss": "wasserstein"}))
+
+
+def test_ema_update_is_the_convex_combination():
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    expected = 0.9 * a.weight.detach() + 0.1 * b.weight.detach()
+    ema_update(a, b, 0.9)
+    assert torch.allclose(a.weight, expected)
+    ema_update(a, b, 0.0)
+    assert torch.equal(a.weight, b.weight)
+
+
+class Record(Callback):
+    def __init__(self):
+        self.logs, self.ckpts, self.ended = [], [], False
+
+    def on_log(self, state, metrics):
+        self.logs.append((state.step, metrics))
+
+    def on_checkpoint(self, state):
+        self.ckpts.append(state.step)
+
+    def on_train_end(self, state):
+        self.ended = True
+
+
+def test_loop_reports_through_callbacks_and_stops_at_steps():
+    cfg = tiny_config(train={"steps": 5, "log_every": 2, "checkpoint_every": 3})
+    s = build_state(cfg)
+    images, labels = blobs(64)
+    batches = ShardedBatches(torch.from_numpy(images), None, 8, 0, 1, 0)
+    rec = Record()
+    train(s, batches.from_step(0), cfg, [rec])
+    assert s.step == 5 and s.images_seen == 40
+    assert [st for st, _ in rec.logs] == [2, 4, 5] and rec.ckpts == [3, 5] and rec.ended
+    assert all(m["images_per_s"] > 0 for _, m in rec.logs)
+
+
+def test_non_finite_loss_stops_training_as_diverged():
+    cfg = tiny_config(train={"steps": 10, "log_every": 1})
+    s = build_state(cfg)
+    with torch.no_grad():
+        next(s.D.parameters()).fill_(float("nan"))
+    images, _ = blobs(64)
+    with pytest.raises(DivergedError, match="non-finite"):
+        train(s, ShardedBatches(torch.from_numpy(images), None, 8, 0, 1, 0).from_step(0), cfg)
+    assert s.step == 1
