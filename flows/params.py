@@ -52,11 +52,28 @@ def load_config(path: Path, overrides: list[str] | tuple[str, ...] = (), write: 
         data[section][key] = value
     try:
         cfg = PipelineConfig.from_dict(data)
+        check_choices(cfg)
     except ConfigError as e:
         raise ConfigError(e.field, f"{e.reason} (in {path.name} with overrides {list(overrides)})") from e
     if parsed and write:
         _write_overrides(path, parsed)
     return cfg
+
+
+def check_choices(cfg: PipelineConfig) -> None:
+    """Names that must exist in a registry (family, loss, backbone, source): checked before any work."""
+    from flows.sources import SOURCES
+    from gan_core.metrics.evaluator import BACKBONES
+    from gan_core.models import get_family
+
+    family = get_family(cfg.model.arch)
+    if cfg.model.loss not in family.losses:
+        raise ConfigError("model.loss", f"{cfg.model.loss!r} is not supported by {family.name} "
+                                        f"(supported: {', '.join(family.losses)})")
+    if cfg.eval.backbone not in BACKBONES:
+        raise ConfigError("eval.backbone", f"unknown backbone {cfg.eval.backbone!r} (known: {', '.join(BACKBONES)})")
+    if cfg.data.source not in SOURCES:
+        raise ConfigError("data.source", f"unknown source {cfg.data.source!r} (known: {', '.join(sorted(SOURCES))})")
 
 
 def _write_overrides(path: Path, parsed: list[tuple[str, str, Any]]) -> None:

@@ -33,16 +33,19 @@ class InjectedFault(RuntimeError):
 
 
 class FaultAt(Callback):
-    """Fail one rank at one step, once: a run that resumed from a checkpoint at or past that step
-    does not fail again, so FailureConfig's restart path can be exercised end to end."""
+    """GANPIPE_FAULT_AT=STEP[:RANK]: that rank raises at the first log point at or past STEP, once
+    per run: a marker file written before raising disarms the restarted worker group, so
+    FailureConfig's restart-from-checkpoint path can be exercised end to end."""
 
-    def __init__(self, spec: str, rank: int, resumed_step: int):
+    def __init__(self, spec: str, rank: int, marker: str):
         step, _, fault_rank = spec.partition(":")
-        self.step, self.rank = int(step), int(fault_rank or 0)
-        self.armed = rank == self.rank and resumed_step < self.step
+        self.step, self.rank, self.marker = int(step), int(fault_rank or 0), Path(marker)
+        self.armed = rank == self.rank and not self.marker.exists()
 
     def on_log(self, state: TrainState, metrics: dict[str, float]) -> None:
         if self.armed and state.step >= self.step:
+            self.marker.parent.mkdir(parents=True, exist_ok=True)
+            self.marker.write_text(str(state.step))
             raise InjectedFault(f"injected fault at step {state.step} on rank {self.rank} (GANPIPE_FAULT_AT)")
 
 
@@ -84,6 +87,8 @@ def train_loop_per_worker(config: dict) -> None:
         with resumed.as_directory() as d:
             state.world = world
             restore(state, load_checkpoint(Path(d) / CKPT_NAME), rank)
+        # the step of every resume travels in the checkpoint: lineage, and proof a restart resumed
+        state.extra["resumed_at"] = [*state.extra.get("resumed_at", []), state.step]
     if world > 1:
         distribute(state, world)
 
@@ -94,7 +99,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     callbacks: list[Callback] = [RayCheckpoints(cfg, rank, config["meta"])]
     if config.get("fault_at"):
-        callbacks.insert(0, FaultAt(config["fault_at"], rank, state.step))
+        callbacks.insert(0, FaultAt(config["fault_at"], rank, config["fault_marker"]))
     if rank == 0 and config.get("mlflow_run_id"):
         from flows.tracking import MlflowMetrics
 
@@ -135,7 +140,8 @@ def run_training(settings: Settings, cfg: PipelineConfig, data_dir: str, run_nam
             train_loop_per_worker,
             train_loop_config={"pipeline": cfg.to_dict(), "data_dir": data_dir, "threads": cpus, "meta": meta,
                                "mlflow_uri": settings.mlflow_uri, "mlflow_run_id": mlflow_run_id,
-                               "fault_at": os.environ.get("GANPIPE_FAULT_AT", "")},
+                               "fault_at": os.environ.get("GANPIPE_FAULT_AT", ""),
+                               "fault_marker": str(settings.home / "faults" / f"{run_name}.fired")},
             scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                          resources_per_worker=None if cfg.train.use_gpu else {"CPU": cpus}),
             torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),

@@ -61,3 +61,13 @@ def test_a_bad_override_changes_nothing(tmp_path):
         load_config(p, ["train.steps=5", "train.batch_size=-3"])
     assert e.value.field == "train.batch_size"
     assert p.read_text() == before
+
+
+@pytest.mark.parametrize("override, field", [("model.arch=nope", "model.arch"), ("model.loss=wasserstein", "model.loss"),
+                                             ("eval.backbone=nope", "eval.backbone"), ("data.source=nope", "data.source")])
+def test_unknown_registry_names_fail_before_params_are_written(tmp_path, override, field):
+    p = tmp_path / "params.yaml"
+    p.write_text("train:\n  steps: 10\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p, [override])
+    assert e.value.field == field and p.read_text() == "train:\n  steps: 10\n"

@@ -1,0 +1,106 @@
+"""The main job end to end, as a user runs it: `ganpipe run` (Prefect ephemeral API, local Ray,
+MLflow on SQLite, local DVC remote) in an isolated workspace, twice; and the same stages via `dvc repro`."""
+import json
+import subprocess
+
+import pytest
+import yaml
+
+from workspace import BIN, env_for, ganpipe, make_workspace
+
+pytestmark = pytest.mark.slow
+MODEL = "ganpipe-digits-dcgan"
+
+
+def _dvc(ws, *args):
+    return subprocess.run([str(BIN / "dvc"), *args], cwd=ws, env=env_for(ws), capture_output=True, text=True)
+
+
+def _mlflow(ws):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{ws / '.ganpipe' / 'mlflow.db'}")
+
+
+def test_run_twice_registers_gates_and_versions(tmp_path):
+    ws = make_workspace(tmp_path)
+    first = ganpipe(ws, "run")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    out = first.stdout
+    assert "FID (fid_300, domain-classifier):" in out and f"{MODEL} v1" in out
+    assert "champion:       yes: first valid model" in out and "prepare:        ran" in out
+
+    reg = json.loads((ws / "reports" / "registration.json").read_text())
+    ev = json.loads((ws / "reports" / "evaluation.json").read_text())
+    train = json.loads((ws / "models" / "candidate" / "train.json").read_text())
+    manifest = json.loads((ws / "data" / "prepared" / "digits" / "manifest.json").read_text())
+    assert reg["version"] == "1" and reg["champion"] and train["step"] == 40
+    assert (ws / "reports" / "samples.png").is_file() and str(ws / "reports" / "samples.png") in out
+
+    # DVC: workspace matches dvc.lock, and the remote received the objects
+    st = _dvc(ws, "status", "--json")
+    assert st.returncode == 0 and json.loads(st.stdout) == {}, st.stdout + st.stderr
+    assert any((ws / ".ganpipe" / "dvc-remote").rglob("*"))
+    assert _dvc(ws, "status", "--cloud", "-r", "ganpipe-local").stdout.strip().startswith(("Cache and remote", "Data and"))
+
+    # MLflow: lineage tags, the metric curve, the champion loads and generates
+    c = _mlflow(ws)
+    v = c.get_model_version(MODEL, "1")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ws, capture_output=True, text=True).stdout.strip()
+    assert v.tags["dataset.content_sha256"] == manifest["content_sha256"]
+    assert v.tags["checkpoint.sha256"] == train["checkpoint_sha256"]
+    assert v.tags["git.commit"].startswith(head)
+    assert v.tags["ray.run_name"] == train["run_name"]
+    assert v.tags["eval.fingerprint_id"] == ev["fingerprint"]["id"]
+    assert v.tags["prefect.flow_run_id"] not in ("", "none")
+    assert v.tags["dataset.dvc_md5"].endswith(".dir") and v.tags["checkpoint.dvc_md5"].endswith(".dir")
+    history = c.get_metric_history(train["mlflow_run_id"], "train/loss_d")
+    assert [m.step for m in history] == [10, 20, 30, 40]
+    assert c.get_run(train["mlflow_run_id"]).info.status == "FINISHED"
+
+    import mlflow.pytorch
+    import torch
+
+    mlflow.set_tracking_uri(f"sqlite:///{ws / '.ganpipe' / 'mlflow.db'}")
+    G = mlflow.pytorch.load_model(f"models:/{MODEL}@champion")
+    images = G(torch.randn(5, 64))
+    assert images.shape == (5, 1, 16, 16) and images.min() >= -1 and images.max() <= 1
+
+    # second run: prepare skipped, a new candidate, alias moves only if it is better
+    second = ganpipe(ws, "run", "train.steps=80")
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "prepare:        skipped (unchanged)" in second.stdout
+    assert yaml.safe_load((ws / "params.yaml").read_text())["train"]["steps"] == 80
+    reg2 = json.loads((ws / "reports" / "registration.json").read_text())
+    assert reg2["version"] == "2"
+    fid1, fid2 = float(v.tags["eval.fid"]), float(reg2["fid"])
+    champion = str(c.get_registered_model(MODEL).aliases["champion"])
+    assert champion == ("2" if fid2 < fid1 else "1")
+    assert c.get_model_version(MODEL, "2").tags["promotion.reason"] == reg2["reason"]
+    assert json.loads(_dvc(ws, "status", "--json").stdout) == {}
+
+
+def test_dvc_repro_runs_the_same_stages(tmp_path):
+    ws = make_workspace(tmp_path)
+    r = _dvc(ws, "repro")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    lock = yaml.safe_load((ws / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"prepare", "train", "evaluate", "register"}
+    reg = json.loads((ws / "reports" / "registration.json").read_text())
+    assert reg["version"] == "1" and reg["champion"]
+    assert _mlflow(ws).get_model_version(MODEL, "1").tags["prefect.flow_run_id"].startswith("none")
+    again = _dvc(ws, "repro")
+    assert again.returncode == 0 and again.stdout.count("didn't change, skipping") == 4, again.stdout
+
+
+def test_bad_parameters_are_rejected_before_any_work(tmp_path):
+    ws = make_workspace(tmp_path)
+    before = (ws / "params.yaml").read_text()
+    for args, field in [(["train.steps=-5"], "train.steps"), (["data.name=../x"], "data.name"),
+                        (["train.batch_size=33"], "train.batch_size"), (["model.arch=nope"], "model.arch"),
+                        (["model.loss=wasserstein"], "model.loss"), (["data.source=nope"], "data.source"),
+                        (["train.stepz=1"], "train.stepz")]:
+        r = ganpipe(ws, "run", *args, timeout=120)
+        assert r.returncode != 0 and field in r.stderr, (args, r.stderr[-2000:])
+    assert (ws / "params.yaml").read_text() == before
+    assert not (ws / ".ganpipe" / "mlflow.db").exists() and not (ws / "data").exists()
