@@ -78,6 +78,8 @@ def train_loop_per_worker(config: dict) -> None:
     cfg = PipelineConfig.from_dict(config["pipeline"])
     torch.set_num_threads(config["threads"])  # one worker per core: no oversubscription
     device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL collectives (the RNG gather) use the current device
 
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     state = build_state(cfg, device)
