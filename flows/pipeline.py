@@ -43,6 +43,7 @@ def prepare_task(cfg: dict) -> dict:
                 "count": m["count"], "skipped": True}
     ref = prepare(s, c)
     versioning.commit(s, "prepare")
+    versioning.push(s, "prepare")
     log.info("prepare: %d images, content %s", ref["count"], ref["content_sha256"][:12])
     return {**ref, "skipped": False}
 
@@ -52,6 +53,7 @@ def train_task(cfg: dict, lineage: dict) -> dict:
     s = load_settings()
     ref = train_stage(s, PipelineConfig.from_dict(cfg), lineage)
     versioning.commit(s, "train")
+    versioning.push(s, "train")  # the checkpoint reaches the remote before anything can fail later
     get_run_logger().info("train: %s finished at step %d", ref["run_name"], ref["step"])
     return ref
 
@@ -70,7 +72,7 @@ def register_task(cfg: dict, lineage: dict) -> dict:
     s = load_settings()
     reg = register(s, PipelineConfig.from_dict(cfg), lineage)
     versioning.commit(s, "register")
-    versioning.push(s)
+    versioning.push(s)  # whatever is still local: evaluate's sample grid
     get_run_logger().info("register: %s v%s, champion=%s (%s)", reg["model_name"], reg["version"],
                           reg["champion"], reg["reason"])
     return reg

@@ -66,6 +66,15 @@ def test_run_twice_registers_gates_and_versions(tmp_path):
     images = G(torch.randn(5, 64))
     assert images.shape == (5, 1, 16, 16) and images.min() >= -1 and images.max() <= 1
 
+    grid = ganpipe(ws, "sample", f"models:/{MODEL}@champion", "--n", "9", "--out", str(tmp_path / "g.png"))
+    assert grid.returncode == 0, grid.stderr[-2000:]
+    from gan_core.images import read_provenance
+    from PIL import Image
+
+    assert read_provenance(tmp_path / "g.png")["model"] == f"models:/{MODEL}@champion"
+    side = (3 * (16 + 1) + 1) * 4  # 3x3 grid of 16 px images, 1 px padding, upscaled x4
+    assert Image.open(tmp_path / "g.png").size == (side, side)
+
     # second run: prepare skipped, a new candidate, alias moves only if it is better
     second = ganpipe(ws, "run", "train.steps=80")
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
