@@ -49,6 +49,8 @@ def run(overrides: Optional[List[str]] = typer.Argument(None, help="section.fiel
     verdict = "yes" if reg["champion"] else "no"
     typer.echo("")
     typer.echo(f"FID ({ev['metric']}, {ev['fingerprint']['backbone']}): {ev['fid']:.4f}")
+    others = {k: v for k, v in ev["metrics"].items() if k != ev["metric"] and not k.endswith("_std")}
+    typer.echo("also:           " + ", ".join(f"{k}={v:.4f}" for k, v in others.items()))
     typer.echo(f"model version:  {reg['model_name']} v{reg['version']}  ({reg['model_uri']})")
     typer.echo(f"champion:       {verdict}: {reg['reason']}")
     typer.echo(f"sample grid:    {ev['samples']}")

@@ -35,16 +35,18 @@ def evaluate(settings: Settings, cfg: PipelineConfig) -> dict:
     e = cfg.eval
     evaluator = load_evaluator(prepared, manifest, e.backbone)
     torch.manual_seed(e.seed)
-    fid, fingerprint = evaluator.fid(state.G_ema, e.n_fake, e.seed, e.batch_size)
+    scores, fingerprint = evaluator.evaluate(state.G_ema, e.n_fake, e.seed, e.batch_size)
     name = metric_name(e.n_fake)
+    fid = scores[name]
 
     reports = settings.reports_dir
     grid_images = generate(state.G_ema, e.grid * e.grid, e.seed + 1, e.batch_size)
     provenance = {"run_name": training["run_name"], "step": training["step"], "generator": "G_ema",
                   "checkpoint_sha256": training["checkpoint_sha256"], "seed": e.seed + 1, name: fid}
     samples = save_png(reports / "samples.png", make_grid(grid_images, e.grid), provenance)
-    metrics = {name: round(fid, 6), "step": training["step"]}
-    evaluation = {"metric": name, "fid": fid, "fingerprint": fingerprint.to_dict(), "step": training["step"],
+    metrics = {**{k: round(v, 6) for k, v in scores.items()}, "step": training["step"]}
+    evaluation = {"metric": name, "fid": fid, "metrics": scores, "fingerprint": fingerprint.to_dict(),
+                  "step": training["step"],
                   "checkpoint_sha256": training["checkpoint_sha256"], "run_name": training["run_name"],
                   "samples": str(samples)}
     _write_json(reports / "metrics.json", metrics)
@@ -65,7 +67,11 @@ def _log_to_mlflow(settings: Settings, run_id: str, evaluation: dict, samples: P
     from flows.tracking import client
 
     c = client(settings.mlflow_uri)
-    c.log_metric(run_id, evaluation["metric"], evaluation["fid"], step=evaluation["step"])
+    from mlflow.entities import Metric
+    import time
+
+    ts = int(time.time() * 1000)
+    c.log_batch(run_id, metrics=[Metric(k, float(v), ts, evaluation["step"]) for k, v in evaluation["metrics"].items()])
     c.log_artifact(run_id, str(samples), "samples")
     c.log_dict(run_id, evaluation, "evaluation.json")
     c.set_tag(run_id, "eval.fingerprint_id", evaluation["fingerprint"]["id"])

@@ -29,11 +29,32 @@ def test_backbone_learns_the_domain(prepared):
 def test_same_model_and_seed_give_the_same_fid_bit_for_bit(prepared):
     ev = load_evaluator(prepared, load_manifest(prepared))
     G = build_state(tiny_config()).G_ema
-    a, fa = ev.fid(G, 128, seed=5, batch_size=64)
-    b, fb = ev.fid(G, 128, seed=5, batch_size=64)
-    assert a == b and fa == fb and a > 0
-    c, _ = ev.fid(G, 128, seed=6, batch_size=64)
-    assert c != a
+    a, fa = ev.evaluate(G, 128, seed=5, batch_size=64)
+    b, fb = ev.evaluate(G, 128, seed=5, batch_size=64)
+    assert a == b and fa == fb and a["fid_128"] > 0
+    assert set(a) == {"fid_128", "kid_128", "kid_128_std", "is_128", "is_128_std", "precision_128", "recall_128"}
+    c, _ = ev.evaluate(G, 128, seed=6, batch_size=64)
+    assert c["fid_128"] != a["fid_128"]
+
+
+def test_real_data_scores_well_and_an_untrained_generator_badly(prepared):
+    from gan_core.data import load_prepared, to_float
+
+    ev = load_evaluator(prepared, load_manifest(prepared))
+    real = to_float(torch.from_numpy(load_prepared(prepared).images))
+
+    class Replay(torch.nn.Module):  # a "generator" that returns held real images
+        z_dim = 1
+
+        def forward(self, z):
+            idx = (z[:, 0].abs() * 1e6).long() % len(real)
+            return real[idx]
+
+    good, _ = ev.evaluate(Replay(), 256, 0, 64)
+    bad, _ = ev.evaluate(build_state(tiny_config()).G_ema, 256, 0, 64)
+    assert good["fid_256"] < bad["fid_256"] and good["kid_256"] < bad["kid_256"]
+    assert good["precision_256"] > 0.8 and good["recall_256"] > 0.5 and good["is_256"] > 3.0  # 4 classes
+    assert bad["precision_256"] < good["precision_256"]
 
 
 def test_fingerprint_names_what_moves_the_number(prepared):
@@ -54,4 +75,4 @@ def test_resolution_mismatch_is_an_error(prepared):
     ev = load_evaluator(prepared, load_manifest(prepared))
     G = build_state(tiny_config(data={"resolution": 16})).G_ema
     with pytest.raises(MetricError, match="generator makes"):
-        ev.fid(G, 32, 0, 32)
+        ev.evaluate(G, 32, 0, 32)

@@ -7,8 +7,8 @@ not comparable with Inception FIDs from papers.
 """
 from __future__ import annotations
 
-import io
 import hashlib
+import io
 
 import numpy as np
 import torch
@@ -99,7 +99,8 @@ def weights_sha256(model: nn.Module) -> str:
 
 
 @torch.no_grad()
-def extract_features(model: DomainClassifier, images: torch.Tensor, batch_size: int = 500) -> np.ndarray:
-    """(N, C, R, R) float in [-1, 1] -> (N, 128) float64 features."""
-    out = [model.features(images[i:i + batch_size].float()).double() for i in range(0, len(images), batch_size)]
-    return torch.cat(out).numpy()
+def extract(model: DomainClassifier, images: torch.Tensor, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    """One pass: (N, C, R, R) float in [-1, 1] -> (N, 128) features and (N, classes) logits, float64.
+    Every metric reads these arrays, so no metric runs the backbone again."""
+    feats = torch.cat([model.features(images[i:i + batch_size].float()) for i in range(0, len(images), batch_size)])
+    return feats.double().numpy(), model.head(feats).double().numpy()

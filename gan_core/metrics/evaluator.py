@@ -17,10 +17,13 @@ from torch import nn
 
 from gan_core.checkpoint import torch_bytes, write_bytes_atomic
 from gan_core.data import DataError, to_float
-from gan_core.metrics.backbone import (BACKBONE_ID, DomainClassifier, backbone_from_dict, backbone_to_dict,
-                                       extract_features, train_classifier, weights_sha256)
-from gan_core.metrics.fid import Fingerprint, ReferenceStats, fid_against, generate, load_reference, save_reference
-from gan_core.metrics.frechet import MetricError, feature_stats
+from gan_core.metrics.backbone import (BACKBONE_ID, DomainClassifier, backbone_from_dict, backbone_to_dict, extract,
+                                       train_classifier, weights_sha256)
+from gan_core.metrics.fid import Fingerprint, ReferenceStats, generate, load_reference, metric_name, save_reference
+from gan_core.metrics.frechet import MetricError, feature_stats, fid_from_stats
+from gan_core.metrics.inception_score import inception_score, softmax
+from gan_core.metrics.kid import kernel_inception_distance
+from gan_core.metrics.precision_recall import precision_recall
 
 BACKBONES = (BACKBONE_ID,)
 
@@ -36,8 +39,8 @@ def build_evaluator(folder: Path, images: np.ndarray, labels: np.ndarray | None,
     write_bytes_atomic(folder / "backbones" / f"{BACKBONE_ID}.pt", torch_bytes(backbone_to_dict(model)))
     info = {"backbone": BACKBONE_ID, "weights_sha256": digest, "heldout_accuracy": round(acc, 4), "seed": seed}
     (folder / "backbones" / f"{BACKBONE_ID}.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    feats = extract_features(model, to_float(torch.from_numpy(images)))
-    ref = ReferenceStats(feature_stats(feats), BACKBONE_ID, digest, manifest["content_sha256"])
+    feats, _ = extract(model, to_float(torch.from_numpy(images)))
+    ref = ReferenceStats(feature_stats(feats), feats.astype(np.float32), BACKBONE_ID, digest, manifest["content_sha256"])
     save_reference(folder / "ref_stats" / BACKBONE_ID, ref)
     return info
 
@@ -53,15 +56,25 @@ class Evaluator:
                            image_range="[-1,1]", n_real=self.ref.stats.n, n_fake=n_fake,
                            ref_stats_sha256=self.ref.sha256)
 
-    def fid(self, G: nn.Module, n_fake: int, seed: int, batch_size: int,
-            device: torch.device | str = "cpu") -> tuple[float, Fingerprint]:
-        """FID of G's samples (seeded latents) against the reference statistics."""
+    def evaluate(self, G: nn.Module, n_fake: int, seed: int, batch_size: int,
+                 device: torch.device | str = "cpu") -> tuple[dict[str, float], Fingerprint]:
+        """Every metric of G's n_fake samples (seeded latents) from one generation and one backbone
+        pass: FID against the reference statistics, KID and precision/recall against the reference
+        features, Inception Score from the backbone's class probabilities. Keys carry n (fid_2k)."""
         images = generate(G, n_fake, seed, batch_size, device)
         if images.shape[-1] != self.resolution:
             raise MetricError(f"generator makes {tuple(images.shape[1:])} images; the reference statistics "
                               f"are for {self.resolution}x{self.resolution}")
-        feats = extract_features(self.backbone, images, batch_size)
-        return fid_against(feats, self.ref), self.fingerprint(n_fake)
+        feats, logits = extract(self.backbone, images, batch_size)
+        real = self.ref.features.astype(np.float64)
+        kid, kid_std = kernel_inception_distance(real, feats, seed=seed)
+        is_mean, is_std = inception_score(softmax(logits), splits=min(10, n_fake))
+        precision, recall = precision_recall(real, feats)
+        name = lambda prefix: metric_name(n_fake, prefix)  # noqa: E731
+        metrics = {name("fid"): fid_from_stats(feature_stats(feats), self.ref.stats),
+                   name("kid"): kid, name("kid") + "_std": kid_std, name("is"): is_mean, name("is") + "_std": is_std,
+                   name("precision"): precision, name("recall"): recall}
+        return metrics, self.fingerprint(n_fake)
 
 
 def load_evaluator(folder: Path, manifest: dict, backbone: str = BACKBONE_ID) -> Evaluator:

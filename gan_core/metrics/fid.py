@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from gan_core.config import canonical_json
-from gan_core.metrics.frechet import FeatureStats, MetricError, feature_stats, fid_from_stats
+from gan_core.metrics.frechet import FeatureStats, MetricError
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ def metric_name(n_fake: int, prefix: str = "fid") -> str:
 @dataclass(frozen=True)
 class ReferenceStats:
     stats: FeatureStats
+    features: np.ndarray  # (n_real, D) float32: KID and precision/recall need samples, not moments
     backbone: str
     weights_sha256: str
     dataset_sha256: str  # content hash of the prepared dataset the stats were computed on
@@ -56,8 +57,8 @@ class ReferenceStats:
     @property
     def sha256(self) -> str:
         h = hashlib.sha256()
-        h.update(np.ascontiguousarray(self.stats.mu).tobytes())
-        h.update(np.ascontiguousarray(self.stats.sigma).tobytes())
+        for a in (self.stats.mu, self.stats.sigma, self.features):
+            h.update(np.ascontiguousarray(a).tobytes())
         return h.hexdigest()
 
 
@@ -65,6 +66,7 @@ def save_reference(folder: Path, ref: ReferenceStats) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     np.save(folder / "mu.npy", ref.stats.mu, allow_pickle=False)
     np.save(folder / "sigma.npy", ref.stats.sigma, allow_pickle=False)
+    np.save(folder / "features.npy", ref.features, allow_pickle=False)
     meta = {"backbone": ref.backbone, "weights_sha256": ref.weights_sha256, "n": ref.stats.n,
             "dataset_sha256": ref.dataset_sha256, "stats_sha256": ref.sha256}
     (folder / "stats.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -76,13 +78,17 @@ def load_reference(folder: Path, dataset_sha256: str) -> ReferenceStats:
     if not meta_path.is_file():
         raise MetricError(f"{meta_path}: missing reference statistics; run the prepare stage")
     meta = json.loads(meta_path.read_text())
+    missing = [f for f in ("mu.npy", "sigma.npy", "features.npy") if not (folder / f).is_file()]
+    if missing:
+        raise MetricError(f"{folder}: missing {', '.join(missing)} (written by an older prepare); re-run prepare")
     if meta["dataset_sha256"] != dataset_sha256:
         raise MetricError(f"{meta_path}: computed on dataset {meta['dataset_sha256'][:12]}, "
                           f"not on this dataset {dataset_sha256[:12]}; re-run prepare")
     stats = FeatureStats(np.load(folder / "mu.npy"), np.load(folder / "sigma.npy"), int(meta["n"]))
-    ref = ReferenceStats(stats, meta["backbone"], meta["weights_sha256"], meta["dataset_sha256"])
+    ref = ReferenceStats(stats, np.load(folder / "features.npy"), meta["backbone"], meta["weights_sha256"],
+                         meta["dataset_sha256"])
     if ref.sha256 != meta["stats_sha256"]:
-        raise MetricError(f"{folder}: mu/sigma bytes differ from stats.json (corrupt or edited)")
+        raise MetricError(f"{folder}: mu/sigma/features bytes differ from stats.json (corrupt or edited)")
     return ref
 
 
@@ -104,5 +110,3 @@ def generate(G: nn.Module, n: int, seed: int, batch_size: int, device: torch.dev
     return images
 
 
-def fid_against(features_fake: np.ndarray, ref: ReferenceStats) -> float:
-    return fid_from_stats(feature_stats(features_fake), ref.stats)
