@@ -30,6 +30,7 @@ repro: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/fid_throughput.py
 
 clean-home:
 	rm -rf .ganpipe

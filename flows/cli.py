@@ -103,33 +103,81 @@ def sample(model: str = typer.Argument(..., help="models:/NAME@champion, models:
     s = _settings()
     import math
 
-    import torch
-
     from gan_core.images import make_grid, save_png
+    from gan_core.metrics.fid import generate
 
-    if model.startswith("models:/"):
-        import mlflow.pytorch
-
-        mlflow.set_tracking_uri(s.mlflow_uri)
-        G = mlflow.pytorch.load_model(model)
-        z_dim = int(G.z_dim) if hasattr(G, "z_dim") else _z_dim_of(s, model)
-    else:
-        from gan_core.checkpoint import load_checkpoint, rebuild
-
-        _, state = rebuild(load_checkpoint(model))
-        G, z_dim = state.G_ema.eval(), state.G_ema.z_dim
-    z = torch.randn(n, z_dim, generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        images = G(z)
+    G = _load_generator(s, model)
+    images = generate(G, n, seed, batch_size=256)
     path = save_png(out, make_grid(images, int(math.ceil(math.sqrt(n)))), {"model": model, "seed": seed, "n": n})
     typer.echo(str(path.resolve()))
 
 
-def _z_dim_of(s, uri: str) -> int:
-    """An exported (pt2) model has no attributes: read z_dim from the model's signature."""
-    from mlflow.models import get_model_info
+def _load_generator(s, model: str):
+    """G_ema from a registered model (models:/...) or a checkpoint file, with `z_dim` set."""
+    if model.startswith("models:/"):
+        import mlflow.pytorch
+        from mlflow.models import get_model_info
 
-    return int(get_model_info(uri).signature.inputs.inputs[0].shape[-1])
+        mlflow.set_tracking_uri(s.mlflow_uri)
+        G = mlflow.pytorch.load_model(model)
+        if not hasattr(G, "z_dim"):  # an exported (pt2) program has no attributes: read the signature
+            G.z_dim = int(get_model_info(model).signature.inputs.inputs[0].shape[-1])
+        return G
+    from gan_core.checkpoint import load_checkpoint, rebuild
+
+    _, state = rebuild(load_checkpoint(model))
+    return state.G_ema.eval()
+
+
+@app.command()
+def evaluate(
+    model: Optional[str] = typer.Argument(None, help="models:/NAME@champion, models:/NAME/3, or a checkpoint .pt"),
+    n: Optional[int] = typer.Option(None, "--n", min=10, help="generated samples (default eval.n_fake)"),
+    backbone: Optional[str] = typer.Option(None, help="domain-classifier | inception (default eval.backbone)"),
+    real: Optional[Path] = typer.Option(None, help="folder of real images (with --fake: folder vs folder)"),
+    fake: Optional[Path] = typer.Option(None, help="folder of generated images"),
+    data: Optional[Path] = typer.Option(None, help="prepared dataset folder (default data/prepared/<data.name>)"),
+    seed: Optional[int] = typer.Option(None, help="latent seed (default eval.seed)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+):
+    """FID, KID, IS and precision/recall of a model against a dataset's reference statistics, or of
+    one image folder against another, with the evaluator fingerprint the numbers hold under."""
+    import json
+
+    s = _settings()
+    from flows.params import load_config
+    from gan_core.data import load_manifest
+    from gan_core.images import read_folder
+    from gan_core.metrics.evaluator import DOMAIN, folder_evaluator, load_backbone, load_evaluator
+    from gan_core.metrics.frechet import MetricError
+
+    cfg = load_config(s.params_file, write=False)
+    name = backbone or cfg.eval.backbone
+    data_dir = data or s.prepared_dir(cfg.data.name)
+    seed = cfg.eval.seed if seed is None else seed
+    try:
+        if (real is None) != (fake is None):
+            _fail("evaluate: --real and --fake go together (folder vs folder)")
+        if real is not None:
+            if model is not None:
+                _fail("evaluate: give a model or --real/--fake folders, not both")
+            bb = load_backbone(name, data_dir if name == DOMAIN else None)
+            channels = int(load_manifest(data_dir)["shape"][0]) if name == DOMAIN else 3
+            ev = folder_evaluator(read_folder(real, channels), bb)
+            metrics, fp = ev.score_images(read_folder(fake, channels), cfg.eval.batch_size, seed)
+        elif model is not None:
+            ev = load_evaluator(data_dir, load_manifest(data_dir), name)
+            metrics, fp = ev.evaluate(_load_generator(s, model), n or cfg.eval.n_fake, seed, cfg.eval.batch_size)
+        else:
+            _fail("evaluate: give a model (models:/... or a checkpoint) or --real DIR --fake DIR")
+    except (MetricError, ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    if as_json:
+        typer.echo(json.dumps({"metrics": metrics, "fingerprint": fp.to_dict()}, indent=2, sort_keys=True))
+        return
+    for k, v in metrics.items():
+        typer.echo(f"{k:<16} {v:.6f}")
+    typer.echo(f"fingerprint      {fp.id}  ({fp.backbone}, resize={fp.resize}, n_real={fp.n_real}, n_fake={fp.n_fake})")
 
 
 @models_app.command("list")

@@ -19,6 +19,7 @@ def prepare(settings: Settings, cfg: PipelineConfig) -> dict:
     torch.manual_seed(0)
     evaluator: dict = {}
     manifest = write_prepared(settings.prepared_dir(d.name), images, labels, meta,
-                              extras=lambda tmp, m: evaluator.update(build_evaluator(tmp, images, labels, m)))
+                              extras=lambda tmp, m: evaluator.update(
+                                  build_evaluator(tmp, images, labels, m, backbones=(cfg.eval.backbone,))))
     return {"path": str(settings.prepared_dir(d.name)), "content_sha256": manifest["content_sha256"],
             "count": manifest["count"], "backbone": evaluator}

@@ -68,3 +68,24 @@ def champion_version(c: MlflowClient, name: str):
         return c.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         return None
+
+
+def mlflow_monitor(cfg: PipelineConfig, data_dir, manifest: dict, tracking_uri: str, run_id: str):
+    """The cheap in-training evaluation, streaming `monitor/<metric>_<n>` curves to the MLflow run.
+    Uses the domain classifier (fast on CPU); None when it is off or the dataset has no such stats."""
+    from gan_core.metrics.evaluator import DOMAIN, load_evaluator
+    from gan_core.metrics.monitor import FIDMonitor
+
+    if cfg.eval.every == 0 or not (data_dir / "ref_stats" / DOMAIN / "stats.json").is_file():
+        return None
+    c = client(tracking_uri)
+
+    def sink(step, metrics, fingerprint):
+        ts = int(time.time() * 1000)
+        c.log_batch(run_id, metrics=[Metric(f"monitor/{k}", float(v), ts, step) for k, v in metrics.items()])
+
+    def on_error(step, error):
+        c.set_tag(run_id, "monitor.error", f"step {step}: {type(error).__name__}: {error}")
+
+    evaluator = load_evaluator(data_dir, manifest, DOMAIN)
+    return FIDMonitor(evaluator, cfg.eval.every, cfg.eval.n_cheap, cfg.eval.seed, sink, on_error)

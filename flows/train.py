@@ -103,9 +103,13 @@ def train_loop_per_worker(config: dict) -> None:
     if config.get("fault_at"):
         callbacks.insert(0, FaultAt(config["fault_at"], rank, config["fault_marker"]))
     if rank == 0 and config.get("mlflow_run_id"):
-        from flows.tracking import MlflowMetrics
+        from flows.tracking import MlflowMetrics, mlflow_monitor
 
         callbacks.append(MlflowMetrics(config["mlflow_uri"], config["mlflow_run_id"]))
+        monitor = mlflow_monitor(cfg, Path(config["data_dir"]), data.manifest, config["mlflow_uri"],
+                                 config["mlflow_run_id"])
+        if monitor is not None:
+            callbacks.append(monitor)
     train(state, batches.from_step(state.step), cfg, callbacks)
 
 

@@ -111,9 +111,13 @@ class EvalConfig:
     backbone: str = "domain-classifier"  # feature network; FIDs compare only within one backbone
     seed: int = 1234  # seed of the evaluation latents, so the same G gives the same FID
     grid: int = 8  # sample grid is grid x grid
+    every: int = 500  # cheap in-training evaluation every this many steps (0: off), on a background thread
+    n_cheap: int = 500  # samples for the cheap tier; its metrics carry this n (fid_500)
 
     def __post_init__(self):
         _check(self.n_fake >= 2, "eval.n_fake", f"must be >= 2, got {self.n_fake}")
+        _check(self.every >= 0, "eval.every", f"must be >= 0 (0 turns it off), got {self.every}")
+        _check(self.n_cheap >= 10, "eval.n_cheap", f"must be >= 10, got {self.n_cheap}")
         _check(self.batch_size > 0, "eval.batch_size", f"must be > 0, got {self.batch_size}")
         _check(1 <= self.grid <= 32, "eval.grid", f"must be in [1, 32], got {self.grid}")
 

@@ -42,3 +42,31 @@ def save_png(path: str | Path, array: np.ndarray, provenance: dict) -> Path:
 def read_provenance(path: str | Path) -> dict:
     with Image.open(path) as im:
         return json.loads(im.text["ganpipe"])
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def read_folder(folder: str | Path, channels: int) -> torch.Tensor:
+    """All images of a folder (sorted by name) as (N, channels, H, W) float in [-1, 1].
+    Every image must decode completely and share one size; errors name the file."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: not a folder of images")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise ValueError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    arrays, size = [], None
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                im.load()  # decode now: a truncated file fails here, not later
+                arr = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+        except (OSError, Image.DecompressionBombError) as e:
+            raise ValueError(f"{p}: cannot be read as an image ({e})") from e
+        if size is None:
+            size = arr.shape[:2]
+        elif arr.shape[:2] != size:
+            raise ValueError(f"{p}: {arr.shape[1]}x{arr.shape[0]} differs from {size[1]}x{size[0]} of {paths[0].name}")
+        arrays.append(arr[None] if channels == 1 else arr.transpose(2, 0, 1))
+    return torch.from_numpy(np.stack(arrays)).float().div_(127.5).sub_(1.0)

@@ -36,3 +36,16 @@ def cfg():
 def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
+
+
+@pytest.fixture(scope="session")
+def prepared_blobs(tmp_path_factory):
+    """A prepared 4-class blobs dataset with its domain-classifier evaluator files."""
+    from gan_core.data import write_prepared
+    from gan_core.metrics.evaluator import build_evaluator
+
+    images, labels = blobs(256)
+    folder = tmp_path_factory.mktemp("ds") / "blobs"
+    write_prepared(folder, images, labels, {"name": "blobs"},
+                   extras=lambda tmp, m: build_evaluator(tmp, images, labels, m))
+    return folder

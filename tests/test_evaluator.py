@@ -1,22 +1,17 @@
-import numpy as np
 import pytest
 import torch
 
-from conftest import blobs, tiny_config
-from gan_core.data import load_manifest, write_prepared
-from gan_core.metrics.evaluator import build_evaluator, load_evaluator
+from conftest import tiny_config
+from gan_core.data import load_manifest
+from gan_core.metrics.evaluator import load_evaluator
 from gan_core.metrics.fid import Fingerprint, metric_name
 from gan_core.metrics.frechet import MetricError
 from gan_core.train import build_state
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    images, labels = blobs(256)
-    folder = tmp_path_factory.mktemp("ds") / "blobs"
-    write_prepared(folder, images, labels, {"name": "blobs"},
-                   extras=lambda tmp, m: build_evaluator(tmp, images, labels, m))
-    return folder
+@pytest.fixture
+def prepared(prepared_blobs):
+    return prepared_blobs
 
 
 def test_backbone_learns_the_domain(prepared):
@@ -74,5 +69,5 @@ def test_reference_stats_refuse_another_dataset(prepared):
 def test_resolution_mismatch_is_an_error(prepared):
     ev = load_evaluator(prepared, load_manifest(prepared))
     G = build_state(tiny_config(data={"resolution": 16})).G_ema
-    with pytest.raises(MetricError, match="generator makes"):
+    with pytest.raises(MetricError, match="images are"):
         ev.evaluate(G, 32, 0, 32)

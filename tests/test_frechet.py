@@ -33,7 +33,7 @@ def test_diagonal_gaussians_closed_form():
 
 def test_agrees_with_an_independent_float64_computation():
     rng = np.random.default_rng(2)
-    d = 256
+    d = 512
     mu1, mu2 = rng.standard_normal(d), rng.standard_normal(d) * 0.5
     s1, s2 = _rand_cov(rng, d), _rand_cov(rng, d)
     covmean = scipy.linalg.sqrtm(s1 @ s2)

@@ -57,6 +57,11 @@ def test_run_twice_registers_gates_and_versions(tmp_path):
     history = c.get_metric_history(train["mlflow_run_id"], "train/loss_d")
     assert [m.step for m in history] == [10, 20, 30, 40]
     assert c.get_run(train["mlflow_run_id"]).info.status == "FINISHED"
+    curve = c.get_metric_history(train["mlflow_run_id"], "monitor/fid_100")  # the cheap in-training tier
+    assert 20 in [m.step for m in curve] and all(m.value > 0 for m in curve)
+    dvc_metrics = json.loads((ws / "reports" / "metrics.json").read_text())  # what `dvc metrics show` reads
+    assert set(ev["metrics"]) <= set(dvc_metrics) and dvc_metrics["fid_300"] == round(ev["fid"], 6)
+    assert dvc_metrics["step"] == 40 and 0 <= dvc_metrics["precision_300"] <= 1
 
     import mlflow.pytorch
     import torch

@@ -15,7 +15,7 @@ COPY = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".
 
 # a few hundred steps of the real pipeline: mechanics end to end, in about a minute
 TINY = {"train": {"steps": 40, "checkpoint_every": 20, "log_every": 10, "batch_size": 32},
-        "eval": {"n_fake": 300, "batch_size": 300}}
+        "eval": {"n_fake": 300, "batch_size": 300, "every": 20, "n_cheap": 100}}
 
 
 def make_workspace(tmp: Path, params: dict | None = None) -> Path:

@@ -1,90 +1,162 @@
-"""The evaluator of a prepared dataset: its backbone and reference statistics, built once at prepare
-time inside the dataset folder (so they are versioned with it) and loaded by every evaluation.
+"""Evaluators: a feature backbone plus real-data reference statistics, and every metric from one pass.
 
-    <prepared>/backbones/domain-classifier.pt         weights-only backbone file
-    <prepared>/backbones/domain-classifier.json       weights sha256, held-out accuracy
-    <prepared>/ref_stats/domain-classifier/           mu.npy, sigma.npy, stats.json
+Backbones, selected by name (`eval.backbone`):
+    domain-classifier   a small CNN trained on the labelled dataset at prepare time (no download;
+                        FIDs compare only within it); native resolution, no resize
+    inception           the standard FID Inception-v3 (pytorch-fid weights), bilinear resize to 299
+
+Prepare stores, inside the DVC-tracked dataset folder, for each backbone it was asked for:
+    <prepared>/backbones/domain-classifier.pt|.json   the trained classifier (weights-only file)
+    <prepared>/ref_stats/<backbone>/                  mu.npy, sigma.npy, features.npy, stats.json
+Reference statistics are keyed by the dataset's content hash and the backbone's weights hash, so a
+changed dataset or backbone can never reuse old ones.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
 from torch import nn
 
 from gan_core.checkpoint import torch_bytes, write_bytes_atomic
-from gan_core.data import DataError, to_float
-from gan_core.metrics.backbone import (BACKBONE_ID, DomainClassifier, backbone_from_dict, backbone_to_dict, extract,
-                                       train_classifier, weights_sha256)
+from gan_core.data import DataError, file_sha256, to_float
+from gan_core.metrics import backbone as domain
 from gan_core.metrics.fid import Fingerprint, ReferenceStats, generate, load_reference, metric_name, save_reference
 from gan_core.metrics.frechet import MetricError, feature_stats, fid_from_stats
 from gan_core.metrics.inception_score import inception_score, softmax
 from gan_core.metrics.kid import kernel_inception_distance
 from gan_core.metrics.precision_recall import precision_recall
 
-BACKBONES = (BACKBONE_ID,)
+DOMAIN, INCEPTION = "domain-classifier", "inception"
+BACKBONES = (DOMAIN, INCEPTION)
+
+Extract = Callable[[torch.Tensor, int], tuple[np.ndarray, np.ndarray]]  # images, batch -> features, logits
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str  # the config name
+    id: str  # what the fingerprint records
+    weights_sha256: str
+    resize: str  # how images reach the network's input size
+    extract: Extract
+
+
+def domain_backbone(folder: Path) -> Backbone:
+    path = folder / "backbones" / f"{DOMAIN}.pt"
+    if not path.is_file():
+        raise MetricError(f"{path}: missing; run the prepare stage (the {DOMAIN} backbone needs a labelled dataset)")
+    model = domain.backbone_from_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return Backbone(DOMAIN, domain.BACKBONE_ID, domain.weights_sha256(model), "none",
+                    lambda x, b: domain.extract(model, x, b))
+
+
+def inception_backbone(weights: str | Path | None = None) -> Backbone:
+    from gan_core.metrics import inception
+
+    path = inception.find_weights(weights)
+    model = inception.load_fid_inception(path)
+    return Backbone(INCEPTION, inception.BACKBONE_ID, file_sha256(path), "bilinear-299", model.extract)
+
+
+def load_backbone(name: str, folder: Path | None = None) -> Backbone:
+    if name == DOMAIN:
+        if folder is None:
+            raise MetricError(f"the {DOMAIN} backbone lives in a prepared dataset folder; name one")
+        return domain_backbone(folder)
+    if name == INCEPTION:
+        return inception_backbone()
+    raise MetricError(f"eval.backbone: unknown backbone {name!r} (known: {', '.join(BACKBONES)})")
 
 
 def build_evaluator(folder: Path, images: np.ndarray, labels: np.ndarray | None, manifest: dict,
-                    seed: int = 0) -> dict:
-    """Train the domain classifier on (images, labels) and store it with the real-data reference stats."""
-    if labels is None:
-        raise DataError(f"{manifest['name']}: the {BACKBONE_ID} FID backbone is trained on labels, and this "
-                        "dataset has none; add it as a labelled dataset")
-    model, acc = train_classifier(images, labels, int(labels.max()) + 1, seed=seed)
-    digest = weights_sha256(model)
-    write_bytes_atomic(folder / "backbones" / f"{BACKBONE_ID}.pt", torch_bytes(backbone_to_dict(model)))
-    info = {"backbone": BACKBONE_ID, "weights_sha256": digest, "heldout_accuracy": round(acc, 4), "seed": seed}
-    (folder / "backbones" / f"{BACKBONE_ID}.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    feats, _ = extract(model, to_float(torch.from_numpy(images)))
-    ref = ReferenceStats(feature_stats(feats), feats.astype(np.float32), BACKBONE_ID, digest, manifest["content_sha256"])
-    save_reference(folder / "ref_stats" / BACKBONE_ID, ref)
+                    backbones: Iterable[str] = (DOMAIN,), seed: int = 0) -> dict:
+    """At prepare time: train the domain classifier (labelled data) and store reference statistics
+    for each requested backbone. Raises (and so leaves nothing behind) if one cannot be built."""
+    wanted = list(dict.fromkeys(backbones))
+    info: dict = {}
+    if labels is not None:
+        model, acc = domain.train_classifier(images, labels, int(labels.max()) + 1, seed=seed)
+        write_bytes_atomic(folder / "backbones" / f"{DOMAIN}.pt", torch_bytes(domain.backbone_to_dict(model)))
+        info[DOMAIN] = {"weights_sha256": domain.weights_sha256(model), "heldout_accuracy": round(acc, 4), "seed": seed}
+        (folder / "backbones" / f"{DOMAIN}.json").write_text(json.dumps(info[DOMAIN], indent=2, sort_keys=True) + "\n")
+        wanted = [DOMAIN] + [b for b in wanted if b != DOMAIN]  # the in-training FID uses it
+    elif DOMAIN in wanted:
+        raise DataError(f"{manifest['name']}: the {DOMAIN} FID backbone is trained on labels, and this dataset "
+                        f"has none; add it as a labelled dataset or use eval.backbone={INCEPTION}")
+    real = to_float(torch.from_numpy(images))
+    for name in wanted:
+        bb = load_backbone(name, folder)
+        feats, _ = bb.extract(real, 500)
+        ref = ReferenceStats(feature_stats(feats), feats.astype(np.float32), bb.id, bb.weights_sha256,
+                             manifest["content_sha256"])
+        save_reference(folder / "ref_stats" / name, ref)
+        info.setdefault(name, {})["ref_stats_sha256"] = ref.sha256
     return info
+
+
+def score(feats: np.ndarray, logits: np.ndarray, ref: ReferenceStats, n: int, seed: int) -> dict[str, float]:
+    """Every metric from one set of generated features/logits: FID against the reference statistics,
+    KID and precision/recall against the reference features, IS from the class probabilities."""
+    real = ref.features.astype(np.float64)
+    kid, kid_std = kernel_inception_distance(real, feats, seed=seed)
+    is_mean, is_std = inception_score(softmax(logits), splits=min(10, len(feats)))
+    precision, recall = precision_recall(real, feats)
+    name = lambda prefix: metric_name(n, prefix)  # noqa: E731
+    return {name("fid"): fid_from_stats(feature_stats(feats), ref.stats), name("kid"): kid,
+            name("kid") + "_std": kid_std, name("is"): is_mean, name("is") + "_std": is_std,
+            name("precision"): precision, name("recall"): recall}
 
 
 @dataclass(frozen=True)
 class Evaluator:
-    backbone: DomainClassifier
+    backbone: Backbone
     ref: ReferenceStats
-    resolution: int
+    resolution: int  # of the reference images
 
     def fingerprint(self, n_fake: int) -> Fingerprint:
-        return Fingerprint(backbone=self.ref.backbone, weights_sha256=self.ref.weights_sha256, resize="none",
-                           image_range="[-1,1]", n_real=self.ref.stats.n, n_fake=n_fake,
-                           ref_stats_sha256=self.ref.sha256)
+        return Fingerprint(backbone=self.backbone.id, weights_sha256=self.backbone.weights_sha256,
+                           resize=self.backbone.resize, image_range="[-1,1]", n_real=self.ref.stats.n,
+                           n_fake=n_fake, ref_stats_sha256=self.ref.sha256)
+
+    def score_images(self, images: torch.Tensor, batch_size: int, seed: int) -> tuple[dict[str, float], Fingerprint]:
+        """(N, C, H, W) in [-1, 1] -> metrics (one backbone pass) and the fingerprint they hold under."""
+        if self.backbone.resize == "none" and tuple(images.shape[-2:]) != (self.resolution, self.resolution):
+            raise MetricError(f"images are {tuple(images.shape[1:])}; the {self.backbone.name} reference statistics "
+                              f"are for {self.resolution}x{self.resolution}")
+        feats, logits = self.backbone.extract(images, batch_size)
+        return score(feats, logits, self.ref, len(images), seed), self.fingerprint(len(images))
 
     def evaluate(self, G: nn.Module, n_fake: int, seed: int, batch_size: int,
                  device: torch.device | str = "cpu") -> tuple[dict[str, float], Fingerprint]:
-        """Every metric of G's n_fake samples (seeded latents) from one generation and one backbone
-        pass: FID against the reference statistics, KID and precision/recall against the reference
-        features, Inception Score from the backbone's class probabilities. Keys carry n (fid_2k)."""
-        images = generate(G, n_fake, seed, batch_size, device)
-        if images.shape[-1] != self.resolution:
-            raise MetricError(f"generator makes {tuple(images.shape[1:])} images; the reference statistics "
-                              f"are for {self.resolution}x{self.resolution}")
-        feats, logits = extract(self.backbone, images, batch_size)
-        real = self.ref.features.astype(np.float64)
-        kid, kid_std = kernel_inception_distance(real, feats, seed=seed)
-        is_mean, is_std = inception_score(softmax(logits), splits=min(10, n_fake))
-        precision, recall = precision_recall(real, feats)
-        name = lambda prefix: metric_name(n_fake, prefix)  # noqa: E731
-        metrics = {name("fid"): fid_from_stats(feature_stats(feats), self.ref.stats),
-                   name("kid"): kid, name("kid") + "_std": kid_std, name("is"): is_mean, name("is") + "_std": is_std,
-                   name("precision"): precision, name("recall"): recall}
-        return metrics, self.fingerprint(n_fake)
+        """Metrics of G's n_fake samples from seeded latents: same G and seed, same numbers."""
+        return self.score_images(generate(G, n_fake, seed, batch_size, device), batch_size, seed)
 
 
-def load_evaluator(folder: Path, manifest: dict, backbone: str = BACKBONE_ID) -> Evaluator:
+def load_evaluator(folder: Path, manifest: dict, backbone: str = DOMAIN) -> Evaluator:
+    """The evaluator of a prepared dataset for one backbone; refuses stats of other data or weights."""
     if backbone not in BACKBONES:
         raise MetricError(f"eval.backbone: unknown backbone {backbone!r} (known: {', '.join(BACKBONES)})")
-    path = folder / "backbones" / f"{backbone}.pt"
-    if not path.is_file():
-        raise MetricError(f"{path}: missing; run the prepare stage")
-    model = backbone_from_dict(torch.load(path, map_location="cpu", weights_only=True))
-    ref = load_reference(folder / "ref_stats" / backbone, manifest["content_sha256"])
-    if weights_sha256(model) != ref.weights_sha256:
-        raise MetricError(f"{path}: weights differ from those the reference statistics were computed with")
-    return Evaluator(model, ref, int(manifest["shape"][-1]))
+    stats_dir = folder / "ref_stats" / backbone
+    if not (stats_dir / "stats.json").is_file():
+        raise MetricError(f"{stats_dir}: no reference statistics for {backbone}; run prepare with "
+                          f"eval.backbone={backbone}")
+    bb = load_backbone(backbone, folder)
+    ref = load_reference(stats_dir, manifest["content_sha256"])
+    if bb.weights_sha256 != ref.weights_sha256:
+        raise MetricError(f"{stats_dir}: computed with {backbone} weights {ref.weights_sha256[:12]}, "
+                          f"but the backbone now has {bb.weights_sha256[:12]}; re-run prepare")
+    return Evaluator(bb, ref, int(manifest["shape"][-1]))
+
+
+def folder_evaluator(real: torch.Tensor, backbone: Backbone, batch_size: int = 500) -> Evaluator:
+    """An evaluator whose reference is a set of real images (folder vs folder evaluation)."""
+    feats, _ = backbone.extract(real, batch_size)
+    digest = hashlib.sha256(real.numpy().tobytes()).hexdigest()
+    ref = ReferenceStats(feature_stats(feats), feats.astype(np.float32), backbone.id, backbone.weights_sha256, digest)
+    return Evaluator(backbone, ref, int(real.shape[-1]))

@@ -92,18 +92,27 @@ def load_reference(folder: Path, dataset_sha256: str) -> ReferenceStats:
     return ref
 
 
+def _set_mode(G: nn.Module, training: bool) -> None:
+    try:
+        G.train(training)
+    except NotImplementedError:  # a torch.export program is frozen in the mode it was exported in (eval)
+        pass
+
+
 @torch.no_grad()
 def generate(G: nn.Module, n: int, seed: int, batch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """n images (n, C, R, R) in [-1, 1] from latents drawn with their own seeded generator, so the
     same G and seed give the same images whatever the global RNG state."""
     was_training = G.training
-    G.eval()
+    _set_mode(G, False)
     g = torch.Generator().manual_seed(seed)
     out = []
-    for i in range(0, n, batch_size):
-        z = torch.randn(min(batch_size, n - i), G.z_dim, generator=g)
-        out.append(G(z.to(device)).float().cpu())
-    G.train(was_training)
+    try:
+        for i in range(0, n, batch_size):
+            z = torch.randn(min(batch_size, n - i), G.z_dim, generator=g)
+            out.append(G(z.to(device)).float().cpu())
+    finally:
+        _set_mode(G, was_training)
     images = torch.cat(out)
     if not torch.isfinite(images).all():
         raise MetricError("generated images contain NaN/Inf")

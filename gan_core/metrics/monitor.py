@@ -1,0 +1,54 @@
+"""The cheap tier of evaluation: FID (and friends) with a small n every `every` steps during training.
+
+The loop never waits for it: a snapshot of G_ema is copied to the CPU and scored on a background
+thread. If the previous snapshot is still being scored, the new one is skipped and counted rather
+than queued, so evaluation can fall behind but never holds training back. The gate's full
+evaluation happens after training, with the configured n."""
+from __future__ import annotations
+
+import copy
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable
+
+from gan_core.metrics.fid import Fingerprint
+from gan_core.train import Callback, TrainState
+
+Sink = Callable[[int, dict, Fingerprint], None]  # step, metrics, fingerprint
+
+
+class FIDMonitor(Callback):
+    def __init__(self, evaluator, every: int, n: int, seed: int, sink: Sink,
+                 on_error: Callable[[int, BaseException], None] | None = None, batch_size: int = 500):
+        self.evaluator, self.every, self.n, self.seed = evaluator, every, n, seed
+        self.sink, self.on_error, self.batch_size = sink, on_error, batch_size
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fid-monitor")
+        self.pending: Future | None = None
+        self.last_bucket = 0
+        self.scored: list[int] = []
+        self.skipped: list[int] = []
+
+    def on_log(self, state: TrainState, metrics: dict[str, float]) -> None:
+        bucket = state.step // self.every
+        if bucket <= self.last_bucket:
+            return
+        self.last_bucket = bucket
+        if self.pending is not None and not self.pending.done():
+            self.skipped.append(state.step)
+            return
+        snapshot = copy.deepcopy(state.G_ema).cpu().eval()  # the loop keeps updating G_ema
+        self.pending = self.pool.submit(self._score, snapshot, state.step)
+
+    def _score(self, G, step: int) -> None:
+        try:
+            metrics, fingerprint = self.evaluator.evaluate(G, self.n, self.seed, self.batch_size)
+            self.sink(step, metrics, fingerprint)
+            self.scored.append(step)
+        except Exception as e:  # a failed cheap evaluation is reported, never a reason to stop training
+            if self.on_error is None:
+                raise
+            self.on_error(step, e)
+
+    def on_train_end(self, state: TrainState) -> None:
+        if self.pending is not None:
+            self.pending.result()
+        self.pool.shutdown(wait=True)
