@@ -71,3 +71,11 @@ def test_resolution_mismatch_is_an_error(prepared):
     G = build_state(tiny_config(data={"resolution": 16})).G_ema
     with pytest.raises(MetricError, match="images are"):
         ev.evaluate(G, 32, 0, 32)
+
+
+def test_loading_an_evaluator_does_not_consume_the_callers_rng(prepared):
+    torch.manual_seed(3)
+    expected = torch.randn(4)
+    torch.manual_seed(3)
+    load_evaluator(prepared, load_manifest(prepared))
+    assert torch.equal(torch.randn(4), expected)

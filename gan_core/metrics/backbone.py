@@ -82,7 +82,10 @@ def backbone_to_dict(model: DomainClassifier) -> dict:
 def backbone_from_dict(d: dict) -> DomainClassifier:
     if d.get("backbone") != BACKBONE_ID:
         raise ValueError(f"backbone file holds {d.get('backbone')!r}, expected {BACKBONE_ID!r}")
-    model = DomainClassifier(d["channels"], d["num_classes"], d["width"])
+    # random init draws from the global RNG; loading must not shift the caller's stream (measured:
+    # building the in-training monitor this way changed rank 0's latents and so the trained model)
+    with torch.random.fork_rng(devices=[]):
+        model = DomainClassifier(d["channels"], d["num_classes"], d["width"])
     model.load_state_dict(d["state_dict"])
     return model.eval().requires_grad_(False)
 

@@ -299,6 +299,7 @@ def load_fid_inception(path: str | Path | None = None, cache_dir: Path | None = 
                        download: bool = True) -> FIDInceptionV3:
     """Strictly load the pt_inception weights: any missing/extra key is an error, not a silent init."""
     state = torch.load(find_weights(path, cache_dir, download), map_location="cpu", weights_only=True)
-    model = FIDInceptionV3()
+    with torch.random.fork_rng(devices=[]):  # random init must not shift the caller's RNG stream
+        model = FIDInceptionV3()
     model.load_state_dict(state, strict=True)
     return model.eval().requires_grad_(False)
