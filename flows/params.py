@@ -14,6 +14,7 @@ import yaml
 from ruamel.yaml import YAML
 
 from gan_core.config import SECTIONS, ConfigError, PipelineConfig
+from gan_core.files import write_text_atomic
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
@@ -85,6 +86,4 @@ def _write_overrides(path: Path, parsed: list[tuple[str, str, Any]]) -> None:
         doc[section][key] = value
     buf = io.StringIO()
     rt.dump(doc, buf)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buf.getvalue())
-    tmp.replace(path)
+    write_text_atomic(path, buf.getvalue())

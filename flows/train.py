@@ -18,7 +18,8 @@ from flows.settings import Settings
 from gan_core.checkpoint import (gather_rng_states, load_checkpoint, restore, save_checkpoint,
                                  to_checkpoint)
 from gan_core.config import PipelineConfig
-from gan_core.data import ShardedBatches, load_prepared, replace_dir
+from gan_core.data import ShardedBatches, load_prepared
+from gan_core.files import replace_dir
 from gan_core.train import Callback, TrainState, build_state, distribute, train
 
 CKPT_NAME = "checkpoint.pt"

@@ -10,9 +10,7 @@ from __future__ import annotations
 import io
 import hashlib
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ import torch
 import torch.distributed as dist
 
 from gan_core.config import PipelineConfig
-from gan_core.data import file_sha256
+from gan_core.files import file_sha256, write_bytes_atomic, write_json_atomic
 from gan_core.train import TrainState, build_state
 from gan_core.steps import unwrap
 
@@ -112,7 +110,7 @@ def save_checkpoint(path: str | Path, ckpt: dict) -> str:
     digest = hashlib.sha256(data).hexdigest()
     write_bytes_atomic(path, data)
     sidecar = {"format": FORMAT, "file": path.name, "sha256": digest, "step": ckpt["step"]}
-    _write_text_atomic(sidecar_path(path), json.dumps(sidecar, indent=2) + "\n")
+    write_json_atomic(sidecar_path(path), sidecar)
     return digest
 
 
@@ -150,21 +148,3 @@ def torch_bytes(obj: Any) -> bytes:
     return buf.getvalue()
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, rename: readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode())

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DistributedSampler
+
+from gan_core.files import file_sha256, replace_dir, write_json_atomic
 
 FORMAT = "ganpipe-prepared/1"
 
@@ -87,14 +88,6 @@ def content_hash(images: np.ndarray, labels: np.ndarray | None) -> str:
     return h.hexdigest()
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_prepared(out_dir: str | Path, images: np.ndarray, labels: np.ndarray | None, meta: dict,
                    extras: Callable[[Path, dict], None] | None = None) -> dict:
     """Validate and write a prepared dataset atomically: readers see the old folder or the new one.
@@ -118,7 +111,7 @@ def write_prepared(out_dir: str | Path, images: np.ndarray, labels: np.ndarray |
             "count": int(len(images)), "shape": list(images.shape[1:]), "dtype": "uint8",
             "labels": label_info, "content_sha256": content_hash(images, labels), "files": files,
         }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        write_json_atomic(tmp / "manifest.json", manifest)
         if extras is not None:
             extras(tmp, manifest)
         replace_dir(tmp, out_dir)
@@ -126,17 +119,6 @@ def write_prepared(out_dir: str | Path, images: np.ndarray, labels: np.ndarray |
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
-
-
-def replace_dir(new: Path, dest: Path) -> None:
-    """Swap `new` into place as `dest` with renames only; the previous folder is removed afterwards."""
-    old = None
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        os.replace(dest, old)
-    os.replace(new, dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def load_manifest(data_dir: str | Path) -> dict:

@@ -1,6 +1,7 @@
 """Sample grids and PNG files that say where they came from."""
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import torch
 from PIL import Image, PngImagePlugin
 
 from gan_core.data import to_uint8
+from gan_core.files import write_bytes_atomic
 
 
 def make_grid(images: torch.Tensor, nrow: int, pad: int = 1, scale: int = 4) -> np.ndarray:
@@ -33,9 +35,9 @@ def save_png(path: str | Path, array: np.ndarray, provenance: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     info = PngImagePlugin.PngInfo()
     info.add_text("ganpipe", json.dumps(provenance, sort_keys=True))
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(array).save(tmp, format="PNG", pnginfo=info)
-    tmp.replace(path)
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", pnginfo=info)
+    write_bytes_atomic(path, buf.getvalue())
     return path
 
 

@@ -14,7 +14,6 @@ changed dataset or backbone can never reuse old ones.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -23,8 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from gan_core.checkpoint import torch_bytes, write_bytes_atomic
-from gan_core.data import DataError, file_sha256, to_float
+from gan_core.checkpoint import torch_bytes
+from gan_core.data import DataError, to_float
+from gan_core.files import file_sha256, write_bytes_atomic, write_json_atomic
 from gan_core.metrics import backbone as domain
 from gan_core.metrics.fid import Fingerprint, ReferenceStats, generate, load_reference, metric_name, save_reference
 from gan_core.metrics.frechet import MetricError, feature_stats, fid_from_stats
@@ -84,7 +84,7 @@ def build_evaluator(folder: Path, images: np.ndarray, labels: np.ndarray | None,
         model, acc = domain.train_classifier(images, labels, int(labels.max()) + 1, seed=seed)
         write_bytes_atomic(folder / "backbones" / f"{DOMAIN}.pt", torch_bytes(domain.backbone_to_dict(model)))
         info[DOMAIN] = {"weights_sha256": domain.weights_sha256(model), "heldout_accuracy": round(acc, 4), "seed": seed}
-        (folder / "backbones" / f"{DOMAIN}.json").write_text(json.dumps(info[DOMAIN], indent=2, sort_keys=True) + "\n")
+        write_json_atomic(folder / "backbones" / f"{DOMAIN}.json", info[DOMAIN])
         wanted = [DOMAIN] + [b for b in wanted if b != DOMAIN]  # the in-training FID uses it
     elif DOMAIN in wanted:
         raise DataError(f"{manifest['name']}: the {DOMAIN} FID backbone is trained on labels, and this dataset "

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from gan_core.config import canonical_json
+from gan_core.files import write_json_atomic
 from gan_core.metrics.frechet import FeatureStats, MetricError
 
 
@@ -69,7 +70,7 @@ def save_reference(folder: Path, ref: ReferenceStats) -> None:
     np.save(folder / "features.npy", ref.features, allow_pickle=False)
     meta = {"backbone": ref.backbone, "weights_sha256": ref.weights_sha256, "n": ref.stats.n,
             "dataset_sha256": ref.dataset_sha256, "stats_sha256": ref.sha256}
-    (folder / "stats.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    write_json_atomic(folder / "stats.json", meta)
 
 
 def load_reference(folder: Path, dataset_sha256: str) -> ReferenceStats:

@@ -13,7 +13,6 @@ torchvision is deliberately not used (it is not installable here).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import urllib.request
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gan_core.files import file_sha256
 from gan_core.metrics.frechet import MetricError
 
 BACKBONE_ID = "inception-v3-fid"
@@ -288,11 +288,7 @@ def find_weights(path: str | Path | None = None, cache_dir: Path | None = None, 
 
 
 def weights_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(path)
 
 
 def load_fid_inception(path: str | Path | None = None, cache_dir: Path | None = None,
