@@ -2,11 +2,11 @@
 statistics, a sample grid, reports/metrics.json (a DVC metric) and the same numbers in MLflow."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
+from flows.records import read_record, write_record
 from flows.settings import Settings
 from gan_core.checkpoint import CheckpointError, load_checkpoint, rebuild
 from gan_core.config import PipelineConfig
@@ -16,14 +16,8 @@ from gan_core.metrics.evaluator import load_evaluator
 from gan_core.metrics.fid import generate, metric_name
 
 
-def read_json(path: Path, stage_hint: str) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; run the {stage_hint} stage first")
-    return json.loads(path.read_text())
-
-
 def evaluate(settings: Settings, cfg: PipelineConfig) -> dict:
-    training = read_json(settings.candidate_dir / "train.json", "train")
+    training = read_record(settings.candidate_dir / "train.json", "train")
     ckpt = load_checkpoint(settings.candidate_dir / "checkpoint.pt")
     _, state = rebuild(ckpt)
     prepared = settings.prepared_dir(cfg.data.name)
@@ -49,29 +43,18 @@ def evaluate(settings: Settings, cfg: PipelineConfig) -> dict:
                   "step": training["step"],
                   "checkpoint_sha256": training["checkpoint_sha256"], "run_name": training["run_name"],
                   "samples": str(samples)}
-    _write_json(reports / "metrics.json", metrics)
-    _write_json(reports / "evaluation.json", evaluation)
+    write_record(reports / "metrics.json", metrics)
+    write_record(reports / "evaluation.json", evaluation)
     if training.get("mlflow_run_id"):
         _log_to_mlflow(settings, training["mlflow_run_id"], evaluation, samples)
     return evaluation
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)
-
-
 def _log_to_mlflow(settings: Settings, run_id: str, evaluation: dict, samples: Path) -> None:
-    from flows.tracking import client
+    from flows.tracking import client, log_metrics
 
     c = client(settings.mlflow_uri)
-    from mlflow.entities import Metric
-    import time
-
-    ts = int(time.time() * 1000)
-    c.log_batch(run_id, metrics=[Metric(k, float(v), ts, evaluation["step"]) for k, v in evaluation["metrics"].items()])
+    log_metrics(c, run_id, evaluation["metrics"], evaluation["step"])
     c.log_artifact(run_id, str(samples), "samples")
     c.log_dict(run_id, evaluation, "evaluation.json")
     c.set_tag(run_id, "eval.fingerprint_id", evaluation["fingerprint"]["id"])

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from flows import versioning
-from flows.evaluate import _write_json, read_json
+from flows.records import read_record, write_record
 from flows.gate import Scored, decide
 from flows.settings import Settings
 from flows.tracking import CHAMPION, champion_version, client, model_name
@@ -55,8 +55,8 @@ def register(settings: Settings, cfg: PipelineConfig, lineage: dict) -> dict:
     import mlflow
     from mlflow.models import infer_signature
 
-    training = read_json(settings.candidate_dir / "train.json", "train")
-    evaluation = read_json(settings.reports_dir / "evaluation.json", "evaluate")
+    training = read_record(settings.candidate_dir / "train.json", "train")
+    evaluation = read_record(settings.reports_dir / "evaluation.json", "evaluate")
     if evaluation["checkpoint_sha256"] != training["checkpoint_sha256"]:
         raise ValueError(f"{settings.reports_dir / 'evaluation.json'}: evaluates checkpoint "
                          f"{evaluation['checkpoint_sha256'][:12]}, not the candidate "
@@ -90,5 +90,5 @@ def register(settings: Settings, cfg: PipelineConfig, lineage: dict) -> dict:
     result = {"model_name": name, "version": str(version.version), "champion": promote, "reason": reason,
               "model_uri": f"models:/{name}/{version.version}", "metric": evaluation["metric"],
               "fid": evaluation["fid"], "mlflow_run_id": run_id}
-    _write_json(settings.reports_dir / "registration.json", result)
+    write_record(settings.reports_dir / "registration.json", result)
     return result

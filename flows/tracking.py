@@ -49,6 +49,13 @@ def start_run(c: MlflowClient, exp_id: str, run_name: str, cfg: PipelineConfig, 
     return run.info.run_id
 
 
+def log_metrics(c: MlflowClient, run_id: str, metrics: dict[str, float], step: int, prefix: str = "") -> None:
+    """One batch of metrics at one step (MLflow keys them by step, so curves line up across runs)."""
+    ts = int(time.time() * 1000)
+    c.log_batch(run_id, metrics=[Metric(prefix + k, float(v), ts, step) for k, v in metrics.items()],
+                synchronous=True)
+
+
 class MlflowMetrics(Callback):
     """Streams the loop's averaged metrics to an MLflow run, keyed by step (rank 0 only)."""
 
@@ -56,10 +63,7 @@ class MlflowMetrics(Callback):
         self.client, self.run_id, self.prefix = client(tracking_uri), run_id, prefix
 
     def on_log(self, state: TrainState, metrics: dict[str, float]) -> None:
-        ts = int(time.time() * 1000)
-        batch = [Metric(self.prefix + k, float(v), ts, state.step) for k, v in metrics.items()]
-        batch.append(Metric(self.prefix + "images_seen", float(state.images_seen), ts, state.step))
-        self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
+        log_metrics(self.client, self.run_id, {**metrics, "images_seen": state.images_seen}, state.step, self.prefix)
 
 
 def champion_version(c: MlflowClient, name: str):
@@ -81,8 +85,7 @@ def mlflow_monitor(cfg: PipelineConfig, data_dir, manifest: dict, tracking_uri: 
     c = client(tracking_uri)
 
     def sink(step, metrics, fingerprint):
-        ts = int(time.time() * 1000)
-        c.log_batch(run_id, metrics=[Metric(f"monitor/{k}", float(v), ts, step) for k, v in metrics.items()])
+        log_metrics(c, run_id, metrics, step, prefix="monitor/")
 
     def on_error(step, error):
         c.set_tag(run_id, "monitor.error", f"step {step}: {type(error).__name__}: {error}")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from flows.records import write_record
 from flows.settings import Settings
 from gan_core.checkpoint import (gather_rng_states, load_checkpoint, restore, save_checkpoint,
                                  to_checkpoint)
@@ -184,7 +185,7 @@ def publish_candidate(settings: Settings, ckpt_file: Path, ckpt: dict, run_name:
         info = {"run_name": run_name, "mlflow_run_id": mlflow_run_id, "step": int(ckpt["step"]),
                 "images_seen": int(ckpt["images_seen"]), "checkpoint_sha256": sha, "ray_result_path": ray_path,
                 "meta": ckpt["meta"]}
-        (tmp / "train.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        write_record(tmp / "train.json", info)
         replace_dir(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
