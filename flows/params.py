@@ -65,12 +65,9 @@ def check_choices(cfg: PipelineConfig) -> None:
     """Names that must exist in a registry (family, loss, backbone, source): checked before any work."""
     from flows.sources import SOURCES
     from gan_core.metrics.evaluator import BACKBONES
-    from gan_core.models import get_family
+    from gan_core.models import family_for
 
-    family = get_family(cfg.model.arch)
-    if cfg.model.loss not in family.losses:
-        raise ConfigError("model.loss", f"{cfg.model.loss!r} is not supported by {family.name} "
-                                        f"(supported: {', '.join(family.losses)})")
+    family_for(cfg.model)
     if cfg.eval.backbone not in BACKBONES:
         raise ConfigError("eval.backbone", f"unknown backbone {cfg.eval.backbone!r} (known: {', '.join(BACKBONES)})")
     if cfg.data.source not in SOURCES:

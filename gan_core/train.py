@@ -14,10 +14,10 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from gan_core.config import ConfigError, PipelineConfig
+from gan_core.config import PipelineConfig
 from gan_core.family import Family
 from gan_core.losses import LOSSES, LossPair
-from gan_core.models import get_family
+from gan_core.models import family_for
 from gan_core.steps import unwrap
 
 
@@ -60,10 +60,7 @@ class Callback:
 
 def build_state(cfg: PipelineConfig, device: torch.device | str = "cpu") -> TrainState:
     """Fresh networks and optimizers for cfg, on device, unwrapped (see `distribute`)."""
-    family = get_family(cfg.model.arch)
-    if cfg.model.loss not in family.losses:
-        raise ConfigError("model.loss", f"{cfg.model.loss!r} is not supported by {family.name} "
-                                        f"(supported: {', '.join(family.losses)})")
+    family = family_for(cfg.model)
     device = torch.device(device)
     G = family.build_g(cfg.model, cfg.data).to(device)
     D = family.build_d(cfg.model, cfg.data).to(device)
