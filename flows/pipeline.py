@@ -20,13 +20,14 @@ from flows.tracking import client
 from flows.train import train_stage
 from gan_core.config import ConfigError, PipelineConfig
 from gan_core.data import DataError, load_manifest
+from gan_core.train import DivergedError
 
 
 def _transient(task, task_run, state) -> bool:
     """Retry only what may succeed on a second try: never bad config/data or divergence."""
     try:
         state.result()
-    except (ConfigError, DataError, ValueError, FileNotFoundError):
+    except (ConfigError, DataError, ValueError, FileNotFoundError, DivergedError):
         return False
     except Exception:
         return True
