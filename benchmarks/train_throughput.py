@@ -90,7 +90,7 @@ def flops_per_image(batch: int) -> float:
     state = build_state(cfg)
     x = torch.randint(0, 255, (batch, 1, 16, 16), dtype=torch.uint8)
     with FlopCounterMode(display=False) as fc:
-        state.family.step(state, (x, None), cfg.train)
+        state.family.step(state, [(x, None)], cfg.train)
     return fc.get_total_flops() / batch
 
 

@@ -98,30 +98,46 @@ def stage(name: str = typer.Argument(..., help="|".join(STAGES))):
 @app.command()
 def sample(model: str = typer.Argument(..., help="models:/NAME@champion, models:/NAME/3, or a checkpoint .pt"),
            n: int = typer.Option(64, min=1, max=1024), seed: int = typer.Option(0),
+           label: Optional[int] = typer.Option(None, "--class", help="class (cgan, biggan) or categorical code "
+                                                                      "(infogan) of every image; default: cycle"),
            out: Path = typer.Option(Path("samples.png"))):
     """Generate an n-image grid from a registered model or a checkpoint file."""
     s = _settings()
     import math
 
+    import torch
+
     from gan_core.images import make_grid, save_png
-    from gan_core.metrics.fid import generate
+    from gan_core.metrics.fid import generate, latent_of
 
     G = _load_generator(s, model)
-    images = generate(G, n, seed, batch_size=256)
-    path = save_png(out, make_grid(images, int(math.ceil(math.sqrt(n)))), {"model": model, "seed": seed, "n": n})
+    labels = None
+    if label is not None:
+        controls = latent_of(G).controls
+        if controls == 0 or not 0 <= label < controls:
+            _fail(f"--class: {label} is not a class or code of this model "
+                  f"({'it has none' if controls == 0 else f'valid: 0..{controls - 1}'})")
+        labels = torch.full((n,), label, dtype=torch.long)
+    images = generate(G, n, seed, batch_size=256, labels=labels)
+    path = save_png(out, make_grid(images, int(math.ceil(math.sqrt(n)))),
+                    {"model": model, "seed": seed, "n": n, "class": label})
     typer.echo(str(path.resolve()))
 
 
 def _load_generator(s, model: str):
-    """G_ema from a registered model (models:/...) or a checkpoint file, with `z_dim` set."""
+    """G_ema from a registered model (models:/...) or a checkpoint file, with its LatentSpec."""
     if model.startswith("models:/"):
         import mlflow.pytorch
         from mlflow.models import get_model_info
 
+        from gan_core.latent import LatentSpec
+
         mlflow.set_tracking_uri(s.mlflow_uri)
         G = mlflow.pytorch.load_model(model)
-        if not hasattr(G, "z_dim"):  # an exported (pt2) program has no attributes: read the signature
-            G.z_dim = int(get_model_info(model).signature.inputs.inputs[0].shape[-1])
+        if not hasattr(G, "latent"):  # an exported (pt2) program has no attributes: read the metadata
+            info = get_model_info(model)
+            meta = (info.metadata or {}).get("latent")
+            G.latent = LatentSpec.from_dict(meta) if meta else LatentSpec(int(info.signature.inputs.inputs[0].shape[-1]))
         return G
     from gan_core.checkpoint import load_checkpoint, rebuild
 

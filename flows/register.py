@@ -15,6 +15,7 @@ from flows.settings import Settings
 from flows.tracking import CHAMPION, champion_version, client, model_name
 from gan_core.checkpoint import load_checkpoint, rebuild
 from gan_core.config import PipelineConfig
+from gan_core.latent import LatentSpec
 
 
 def _scored(version) -> Scored | None:
@@ -51,9 +52,19 @@ def lineage_tags(settings: Settings, cfg: PipelineConfig, training: dict, evalua
     return tags
 
 
+def generator_signature(spec: LatentSpec, out: np.ndarray):
+    """Tensor signature of G: z (B, input_dim) float32, then y (B,) int64 for a conditional G."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    inputs = [TensorSpec(np.dtype(np.float32), (-1, spec.input_dim), "z")]
+    if spec.conditional:
+        inputs.append(TensorSpec(np.dtype(np.int64), (-1,), "y"))
+    return ModelSignature(Schema(inputs), Schema([TensorSpec(np.dtype(np.float32), (-1, *out.shape[1:]), "images")]))
+
+
 def register(settings: Settings, cfg: PipelineConfig, lineage: dict) -> dict:
     import mlflow
-    from mlflow.models import infer_signature
 
     training = read_record(settings.candidate_dir / "train.json", "train")
     evaluation = read_record(settings.reports_dir / "evaluation.json", "evaluate")
@@ -68,14 +79,17 @@ def register(settings: Settings, cfg: PipelineConfig, lineage: dict) -> dict:
 
     _, state = rebuild(load_checkpoint(settings.candidate_dir / "checkpoint.pt"))
     G = state.G_ema.eval()
-    z = np.random.default_rng(0).standard_normal((8, G.z_dim)).astype(np.float32)
+    spec = G.latent
+    example = spec.sample(8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        out = G(torch.from_numpy(z)).numpy()
+        out = G(*example.inputs).numpy()
     with mlflow.start_run(run_id=run_id):
-        # pt2 (torch.export): loads without unpickling code; batch dimension exported as dynamic
+        # pt2 (torch.export): loads without unpickling code; batch dimension exported as dynamic.
+        # The latent spec travels as metadata: an exported program has no attributes to read it from.
         info = mlflow.pytorch.log_model(
-            G, name="generator", input_example=z, signature=infer_signature(z, out),
-            serialization_format="pt2", pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+            G, name="generator", input_example=tuple(t.numpy() for t in example.inputs),
+            signature=generator_signature(spec, out), serialization_format="pt2",
+            metadata={"latent": spec.to_dict()}, pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
         mlflow.log_artifact(str(settings.candidate_dir / "checkpoint.pt"), "checkpoint")
     tags = lineage_tags(settings, cfg, training, evaluation, lineage)
     version = mlflow.register_model(info.model_uri, name, tags=tags)

@@ -21,7 +21,7 @@ from gan_core.checkpoint import (gather_rng_states, load_checkpoint, restore, sa
 from gan_core.config import PipelineConfig
 from gan_core.data import ShardedBatches, load_prepared
 from gan_core.files import replace_dir
-from gan_core.train import Callback, TrainState, build_state, distribute, train
+from gan_core.train import Callback, TrainState, batch_position, build_state, distribute, train
 
 CKPT_NAME = "checkpoint.pt"
 
@@ -83,8 +83,9 @@ def train_loop_per_worker(config: dict) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL collectives (the RNG gather) use the current device
 
+    data = load_prepared(config["data_dir"])
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-    state = build_state(cfg, device)
+    state = build_state(cfg, device, data.num_classes)
     torch.manual_seed(cfg.train.seed * 1_000_003 + rank + 1)  # then a distinct latent stream per rank
     resumed = ray.train.get_checkpoint()
     if resumed is not None:
@@ -96,7 +97,6 @@ def train_loop_per_worker(config: dict) -> None:
     if world > 1:
         distribute(state, world)
 
-    data = load_prepared(config["data_dir"])
     images = torch.from_numpy(data.images).to(device)
     labels = torch.from_numpy(data.labels).to(device) if data.labels is not None else None
     batches = ShardedBatches(images, labels, cfg.train.per_worker_batch, rank, world, cfg.train.seed)
@@ -112,7 +112,7 @@ def train_loop_per_worker(config: dict) -> None:
                                  config["mlflow_run_id"])
         if monitor is not None:
             callbacks.append(monitor)
-    train(state, batches.from_step(state.step), cfg, callbacks)
+    train(state, batches.from_step(batch_position(state.step, cfg.train)), cfg, callbacks)
 
 
 def _cpus_per_worker(cfg: PipelineConfig) -> int:
@@ -193,6 +193,18 @@ def publish_candidate(settings: Settings, ckpt_file: Path, ckpt: dict, run_name:
     return {**info, "checkpoint": str(dest / CKPT_NAME)}
 
 
+def check_dataset_fits(cfg: PipelineConfig, manifest: dict, prepared: Path) -> None:
+    """A class-conditional family needs labels: refuse before Ray or MLflow start, naming both."""
+    from gan_core.config import ConfigError
+    from gan_core.models import family_for
+
+    family = family_for(cfg.model)
+    classes = (manifest.get("labels") or {}).get("num_classes", 0)
+    if family.conditional and classes < 2:
+        raise ConfigError("model.arch", f"{family.name} is class-conditional, but {prepared / 'manifest.json'} "
+                                        f"has {classes} classes; use a labelled dataset or an unconditional family")
+
+
 def train_stage(settings: Settings, cfg: PipelineConfig, lineage: dict) -> dict:
     """The train stage: open the MLflow run with its lineage tags, then train on Ray."""
     import time
@@ -203,6 +215,7 @@ def train_stage(settings: Settings, cfg: PipelineConfig, lineage: dict) -> dict:
 
     prepared = settings.prepared_dir(cfg.data.name)
     manifest = load_manifest(prepared)
+    check_dataset_fits(cfg, manifest, prepared)
     meta = {"dataset_name": cfg.data.name, "dataset_sha256": manifest["content_sha256"],
             "params_sha256": cfg.params_hash(), "git_commit": versioning.git_commit(settings),
             "prefect_flow_run_id": lineage.get("prefect.flow_run_id", "none")}

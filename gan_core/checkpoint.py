@@ -71,6 +71,7 @@ def to_checkpoint(state: TrainState, cfg: PipelineConfig, rng: list[dict], meta:
         "step": state.step,
         "images_seen": state.images_seen,
         "world": state.world,
+        "n_classes": state.n_classes,
         "models": {"G": unwrap(state.G).state_dict(), "D": unwrap(state.D).state_dict(),
                    "G_ema": state.G_ema.state_dict()},
         "optimizers": {"G": state.opt_g.state_dict(), "D": state.opt_d.state_dict()},
@@ -83,6 +84,9 @@ def to_checkpoint(state: TrainState, cfg: PipelineConfig, rng: list[dict], meta:
 def restore(state: TrainState, ckpt: dict, rank: int = 0) -> TrainState:
     """Load every piece of ckpt into state (in place). RNG is restored for `rank` when the
     checkpoint holds that rank (same world size); otherwise the caller's seeding stands."""
+    if int(ckpt.get("n_classes", 0)) != state.n_classes:
+        raise CheckpointError(f"checkpoint was built for {ckpt.get('n_classes', 0)} classes, this state for "
+                              f"{state.n_classes}: the dataset's labels changed; train from scratch")
     unwrap(state.G).load_state_dict(ckpt["models"]["G"])
     unwrap(state.D).load_state_dict(ckpt["models"]["D"])
     state.G_ema.load_state_dict(ckpt["models"]["G_ema"])
@@ -98,7 +102,7 @@ def restore(state: TrainState, ckpt: dict, rank: int = 0) -> TrainState:
 def rebuild(ckpt: dict, device: torch.device | str = "cpu") -> tuple[PipelineConfig, TrainState]:
     """Config + a full TrainState from a checkpoint alone (nanoGPT's `model_args` idea)."""
     cfg = PipelineConfig.from_dict(ckpt["config"])
-    state = build_state(cfg, device)
+    state = build_state(cfg, device, int(ckpt.get("n_classes", 0)))
     return cfg, restore(state, ckpt, rank=len(ckpt["rng"]))  # rank past the end: leave RNG alone
 
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+MINIBATCH = ("off", "mbd", "stddev")  # mini-batch layer in D: none, Salimans 2016, ProGAN stddev
+OPTIMIZERS = ("adam", "rmsprop")
 
 
 class ConfigError(ValueError):
@@ -56,11 +59,20 @@ class ModelConfig:
     z_dim: int = 64
     g_channels: int = 64  # generator width at the output resolution; doubles per halving
     d_channels: int = 64  # discriminator width at the input resolution; doubles per halving
+    minibatch: str = "off"  # off | mbd (mini-batch discrimination) | stddev (mini-batch stddev); any D
+    embed_dim: int = 32  # class-embedding size (cgan's G input, biggan's shared embedding)
+    code_cat: int = 10  # infogan: categories of the categorical code
+    code_cont: int = 2  # infogan: continuous codes, uniform in [-1, 1]
+    attention: int = 8  # biggan: resolution of the self-attention block (0: none)
 
     def __post_init__(self):
-        _check(self.z_dim > 0, "model.z_dim", f"must be > 0, got {self.z_dim}")
-        _check(self.g_channels > 0, "model.g_channels", f"must be > 0, got {self.g_channels}")
-        _check(self.d_channels > 0, "model.d_channels", f"must be > 0, got {self.d_channels}")
+        for name in ("z_dim", "g_channels", "d_channels", "embed_dim"):
+            _check(getattr(self, name) > 0, f"model.{name}", f"must be > 0, got {getattr(self, name)}")
+        _check(self.minibatch in MINIBATCH, "model.minibatch", f"must be one of {MINIBATCH}, got {self.minibatch!r}")
+        _check(self.code_cat >= 0 and self.code_cont >= 0, "model.code_cat",
+               f"code_cat and code_cont must be >= 0, got {self.code_cat}, {self.code_cont}")
+        _check(self.attention == 0 or _is_pow2(self.attention), "model.attention",
+               f"must be 0 or a power of two, got {self.attention}")
 
 
 @dataclass(frozen=True)
@@ -71,6 +83,12 @@ class TrainConfig:
     lr_d: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
+    optimizer: str = "adam"  # adam (betas above) | rmsprop (WGAN)
+    n_critic: int = 1  # D updates per G update, each on its own real batch
+    clip: float = 0.0  # WGAN weight clipping of D's parameters to [-clip, clip] (0: off)
+    gp_lambda: float = 0.0  # WGAN-GP gradient-penalty weight (0: off)
+    ortho_reg: float = 0.0  # BigGAN orthogonal regularisation of G's weights (0: off)
+    info_lambda: float = 1.0  # InfoGAN mutual-information loss weight
     ema_decay: float = 0.995  # G_ema <- decay * G_ema + (1 - decay) * G
     ema_start: int = 100  # copy G into G_ema until this step (early G moves too fast to average)
     seed: int = 0
@@ -98,6 +116,11 @@ class TrainConfig:
         _check(self.checkpoint_every > 0, "train.checkpoint_every", "must be > 0")
         _check(self.log_every > 0, "train.log_every", "must be > 0")
         _check(self.max_failures >= 0, "train.max_failures", "must be >= 0")
+        _check(self.optimizer in OPTIMIZERS, "train.optimizer", f"must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        _check(self.n_critic >= 1, "train.n_critic", f"must be >= 1, got {self.n_critic}")
+        for name in ("clip", "gp_lambda", "ortho_reg", "info_lambda"):
+            v = getattr(self, name)
+            _check(v >= 0 and math.isfinite(v), f"train.{name}", f"must be a finite number >= 0, got {v}")
 
     @property
     def per_worker_batch(self) -> int:
@@ -148,11 +171,16 @@ class PipelineConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "PipelineConfig":
+        """Sections from d; a field d leaves out takes the selected family's default (WGAN's
+        RMSprop, WGAN-GP's Adam(0, 0.9), ...) and then the dataclass default."""
         d = d or {}
         unknown = sorted(set(d) - set(SECTIONS))
         if unknown:
             raise ConfigError(unknown[0], f"unknown section (known: {', '.join(SECTIONS)})")
-        return cls(**{name: _section_from_dict(name, sec, d.get(name) or {}) for name, sec in SECTIONS.items()})
+        model = d.get("model") or {}
+        defaults = _family_defaults(model.get("arch", ModelConfig.arch) if isinstance(model, dict) else None)
+        return cls(**{name: _section_from_dict(name, sec, d.get(name) or {}, defaults.get(name, {}))
+                      for name, sec in SECTIONS.items()})
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -166,12 +194,20 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
-def _section_from_dict(section: str, cls: type, values: dict[str, Any]):
+def _family_defaults(arch: Any) -> dict[str, dict[str, Any]]:
+    """The family's own defaults ({} for an unknown name: model.arch validation reports that)."""
+    from gan_core.models import ARCHS  # the family table imports this module
+
+    family = ARCHS.get(arch) if isinstance(arch, str) else None
+    return family.defaults if family is not None else {}
+
+
+def _section_from_dict(section: str, cls: type, values: dict[str, Any], defaults: dict[str, Any]):
     if not isinstance(values, dict):
         raise ConfigError(section, f"must be a mapping, got {type(values).__name__}")
     known = {f.name: f for f in fields(cls)}
     kwargs = {}
-    for key, value in values.items():
+    for key, value in {**defaults, **values}.items():
         if key not in known:
             raise ConfigError(f"{section}.{key}", f"unknown field (known: {', '.join(known)})")
         kwargs[key] = _coerce(f"{section}.{key}", known[key].type, value)

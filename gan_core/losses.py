@@ -33,13 +33,58 @@ def hinge_g(fake: Tensor) -> Tensor:
     return -fake.mean()
 
 
+# Wasserstein (Arjovsky et al. 2017): the critic maximises E[D(real)] - E[D(fake)], an estimate of
+# the earth-mover distance when D is 1-Lipschitz (weight clipping or a gradient penalty keeps it so).
+def wasserstein_d(real: Tensor, fake: Tensor) -> Tensor:
+    return fake.mean() - real.mean()
+
+
+def wasserstein_g(fake: Tensor) -> Tensor:
+    return -fake.mean()
+
+
 @dataclass(frozen=True)
 class LossPair:
+    name: str
     d: Callable[[Tensor, Tensor], Tensor]
     g: Callable[[Tensor], Tensor]
 
 
 LOSSES: dict[str, LossPair] = {
-    "nonsat": LossPair(nonsat_d, nonsat_g),
-    "hinge": LossPair(hinge_d, hinge_g),
+    "nonsat": LossPair("nonsat", nonsat_d, nonsat_g),
+    "hinge": LossPair("hinge", hinge_d, hinge_g),
+    "wasserstein": LossPair("wasserstein", wasserstein_d, wasserstein_g),
 }
+
+
+# ---- regularisers ------------------------------------------------------------------------------
+def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor, eps: Tensor) -> Tensor:
+    """WGAN-GP (Gulrajani et al. 2017): E[(||grad_x D(x)||_2 - 1)^2] at x = eps * real + (1 - eps) * fake,
+    eps ~ U[0, 1] per sample (passed in, so the function stays pure). create_graph lets the penalty
+    itself be differentiated with respect to D's weights."""
+    x = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x).sum(), x, create_graph=True)
+    return (grad.flatten(1).norm(2, dim=1) - 1).pow(2).mean()
+
+
+def orthogonal_penalty(weights: list[Tensor]) -> Tensor:
+    """BigGAN's orthogonal regularisation (Brock et al. 2019, eq. 3): ||W W^T * (1 - I)||_F^2 per
+    weight (rows = output units), which pushes filters apart without constraining their norms."""
+    total = weights[0].new_zeros(())
+    for w in weights:
+        w = w.flatten(1)
+        gram = w @ w.t()
+        total = total + (gram * (1 - torch.eye(len(gram), device=w.device, dtype=w.dtype))).pow(2).sum()
+    return total
+
+
+def info_loss(cat_logits: Tensor, cont_mean: Tensor, cat: Tensor | None, cont: Tensor | None) -> Tensor:
+    """InfoGAN's variational lower bound on I(c; G(z, c)) (Chen et al. 2016), negated: cross-entropy
+    of Q's categorical prediction plus, for continuous codes, a unit-variance Gaussian NLL
+    (mean squared error up to a constant). Minimising it maximises the mutual information."""
+    loss = cat_logits.new_zeros(())
+    if cat is not None:
+        loss = loss + F.cross_entropy(cat_logits, cat)
+    if cont is not None:
+        loss = loss + 0.5 * (cont_mean - cont).pow(2).sum(1).mean()
+    return loss

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from gan_core.config import PipelineConfig
+from gan_core.config import ConfigError, PipelineConfig, TrainConfig
 from gan_core.family import Family
 from gan_core.losses import LOSSES, LossPair
 from gan_core.models import family_for
@@ -35,6 +35,7 @@ class TrainState:
     opt_d: torch.optim.Optimizer
     loss: LossPair
     device: torch.device
+    n_classes: int = 0  # classes of the dataset a conditional family was built for (0: unconditional)
     world: int = 1
     step: int = 0
     images_seen: int = 0
@@ -58,20 +59,34 @@ class Callback:
     def on_train_end(self, state: TrainState) -> None: ...
 
 
-def build_state(cfg: PipelineConfig, device: torch.device | str = "cpu") -> TrainState:
-    """Fresh networks and optimizers for cfg, on device, unwrapped (see `distribute`)."""
+def build_state(cfg: PipelineConfig, device: torch.device | str = "cpu", n_classes: int = 0) -> TrainState:
+    """Fresh networks and optimizers for cfg, on device, unwrapped (see `distribute`).
+    `n_classes` is the dataset's class count; conditional families need it, others ignore it."""
     family = family_for(cfg.model)
+    if family.conditional and n_classes < 2:
+        raise ConfigError("model.arch", f"{family.name} is class-conditional and needs a labelled dataset with at "
+                                        f"least 2 classes; dataset {cfg.data.name!r} has {n_classes}")
+    n_classes = n_classes if family.conditional else 0
     device = torch.device(device)
-    G = family.build_g(cfg.model, cfg.data).to(device)
-    D = family.build_d(cfg.model, cfg.data).to(device)
+    G = family.build_g(cfg.model, cfg.data, n_classes).to(device)
+    D = family.build_d(cfg.model, cfg.data, n_classes).to(device)
     if cfg.train.channels_last:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     t = cfg.train
-    opt_g = torch.optim.Adam(G.parameters(), lr=t.lr_g, betas=(t.beta1, t.beta2))
-    opt_d = torch.optim.Adam(D.parameters(), lr=t.lr_d, betas=(t.beta1, t.beta2))
-    return TrainState(family, G, D, G_ema, opt_g, opt_d, LOSSES[cfg.model.loss], device,
-                      bf16=t.bf16, channels_last=t.channels_last)
+    return TrainState(family, G, D, G_ema, optimizer(G, t, t.lr_g), optimizer(D, t, t.lr_d),
+                      LOSSES[cfg.model.loss], device, n_classes=n_classes, bf16=t.bf16, channels_last=t.channels_last)
+
+
+def optimizer(model: nn.Module, t: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    if t.optimizer == "rmsprop":  # WGAN: momentum-free, which the paper found stable with clipping
+        return torch.optim.RMSprop(model.parameters(), lr=lr)
+    return torch.optim.Adam(model.parameters(), lr=lr, betas=(t.beta1, t.beta2))
+
+
+def batch_position(step: int, t: TrainConfig) -> int:
+    """Index of the first batch of `step`: each step reads n_critic batches (one per D update)."""
+    return step * t.n_critic
 
 
 def distribute(state: TrainState, world: int) -> TrainState:
@@ -98,17 +113,20 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 def train(state: TrainState, batches: Iterator, cfg: PipelineConfig,
           callbacks: Iterable[Callback] = ()) -> TrainState:
-    """Run steps until cfg.train.steps, starting at state.step (so a restored state resumes)."""
+    """Run steps until cfg.train.steps, starting at state.step (so a restored state resumes).
+    `batches` must start at batch_position(state.step); each step takes n_critic of them."""
     t, callbacks = cfg.train, list(callbacks)
     sums: dict[str, torch.Tensor] = {}
     n, imgs, t0, paused = 0, 0, time.perf_counter(), 0.0
+    batches = iter(batches)
     for batch in batches:
         if state.step >= t.steps:
             break
+        group = [batch] + [next(batches) for _ in range(t.n_critic - 1)]
         # ---- one optimisation step (family-specific) --------------------------------------
-        out = state.family.step(state, batch, t)
+        out = state.family.step(state, group, t)
         state.step += 1
-        batch_images = batch[0].shape[0] * state.world
+        batch_images = sum(b[0].shape[0] for b in group) * state.world
         state.images_seen += batch_images
         decay = t.ema_decay if state.step > t.ema_start else 0.0
         ema_update(state.G_ema, unwrap(state.G), decay)

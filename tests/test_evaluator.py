@@ -3,6 +3,7 @@ import torch
 
 from conftest import tiny_config
 from gan_core.data import load_manifest
+from gan_core.latent import LatentSpec
 from gan_core.metrics.evaluator import load_evaluator
 from gan_core.metrics.fid import Fingerprint, metric_name
 from gan_core.metrics.frechet import MetricError
@@ -39,7 +40,7 @@ def test_real_data_scores_well_and_an_untrained_generator_badly(prepared):
     real = to_float(torch.from_numpy(load_prepared(prepared).images))
 
     class Replay(torch.nn.Module):  # a "generator" that returns held real images
-        z_dim = 1
+        latent = LatentSpec(1)
 
         def forward(self, z):
             idx = (z[:, 0].abs() * 1e6).long() % len(real)

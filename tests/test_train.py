@@ -20,7 +20,7 @@ def test_one_step_changes_g_and_d_and_stays_finite(loss):
     s = build_state(cfg)
     g0 = [p.detach().clone() for p in s.G.parameters()]
     d0 = [p.detach().clone() for p in s.D.parameters()]
-    out = s.family.step(s, _batch(), cfg.train)
+    out = s.family.step(s, [_batch()], cfg.train)
     assert set(out) == {"loss_d", "loss_g"} and all(math.isfinite(float(v)) for v in out.values())
     assert any(not torch.equal(a, b) for a, b in zip(g0, s.G.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(d0, s.D.parameters()))

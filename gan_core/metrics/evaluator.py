@@ -26,7 +26,8 @@ from gan_core.checkpoint import torch_bytes
 from gan_core.data import DataError, to_float
 from gan_core.files import file_sha256, write_bytes_atomic, write_json_atomic
 from gan_core.metrics import backbone as domain
-from gan_core.metrics.fid import Fingerprint, ReferenceStats, generate, load_reference, metric_name, save_reference
+from gan_core.metrics.controls import control_scores
+from gan_core.metrics.fid import Fingerprint, ReferenceStats, draw, load_reference, metric_name, save_reference
 from gan_core.metrics.frechet import MetricError, feature_stats, fid_from_stats
 from gan_core.metrics.inception_score import inception_score, softmax
 from gan_core.metrics.kid import kernel_inception_distance
@@ -124,18 +125,25 @@ class Evaluator:
                            resize=self.backbone.resize, image_range="[-1,1]", n_real=self.ref.stats.n,
                            n_fake=n_fake, ref_stats_sha256=self.ref.sha256)
 
-    def score_images(self, images: torch.Tensor, batch_size: int, seed: int) -> tuple[dict[str, float], Fingerprint]:
-        """(N, C, H, W) in [-1, 1] -> metrics (one backbone pass) and the fingerprint they hold under."""
+    def score_images(self, images: torch.Tensor, batch_size: int, seed: int,
+                     labels: torch.Tensor | None = None, kind: str = "") -> tuple[dict[str, float], Fingerprint]:
+        """(N, C, H, W) in [-1, 1] -> metrics (one backbone pass) and the fingerprint they hold under.
+        With the labels G was asked for (kind "class" or "code") and the domain classifier, the same
+        pass also scores whether G obeyed them (gan_core.metrics.controls)."""
         if self.backbone.resize == "none" and tuple(images.shape[-2:]) != (self.resolution, self.resolution):
             raise MetricError(f"images are {tuple(images.shape[1:])}; the {self.backbone.name} reference statistics "
                               f"are for {self.resolution}x{self.resolution}")
         feats, logits = self.backbone.extract(images, batch_size)
-        return score(feats, logits, self.ref, len(images), seed), self.fingerprint(len(images))
+        scores = score(feats, logits, self.ref, len(images), seed)
+        if labels is not None and kind and self.backbone.name == DOMAIN:  # Inception's classes are ImageNet's
+            scores.update(control_scores(kind, labels.numpy(), logits, lambda p: metric_name(len(images), p)))
+        return scores, self.fingerprint(len(images))
 
     def evaluate(self, G: nn.Module, n_fake: int, seed: int, batch_size: int,
                  device: torch.device | str = "cpu") -> tuple[dict[str, float], Fingerprint]:
         """Metrics of G's n_fake samples from seeded latents: same G and seed, same numbers."""
-        return self.score_images(generate(G, n_fake, seed, batch_size, device), batch_size, seed)
+        s = draw(G, n_fake, seed, batch_size, device)
+        return self.score_images(s.images, batch_size, seed, s.labels, s.kind)
 
 
 def load_evaluator(folder: Path, manifest: dict, backbone: str = DOMAIN) -> Evaluator:

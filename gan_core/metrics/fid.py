@@ -17,6 +17,7 @@ from torch import nn
 
 from gan_core.config import canonical_json
 from gan_core.files import write_json_atomic
+from gan_core.latent import LatentSpec
 from gan_core.metrics.frechet import FeatureStats, MetricError
 
 
@@ -100,23 +101,47 @@ def _set_mode(G: nn.Module, training: bool) -> None:
         pass
 
 
+def latent_of(G: nn.Module) -> LatentSpec:
+    spec = getattr(G, "latent", None)
+    if not isinstance(spec, LatentSpec):
+        raise MetricError(f"{type(G).__name__} has no LatentSpec `latent` attribute; cannot draw its inputs")
+    return spec
+
+
+@dataclass(frozen=True)
+class Samples:
+    images: torch.Tensor  # (n, C, R, R) in [-1, 1]
+    labels: torch.Tensor | None  # (n,) the class (conditional) or categorical code (InfoGAN) asked for
+    kind: str  # "class", "code" or "" (unconditional): what `labels` means
+
+
 @torch.no_grad()
-def generate(G: nn.Module, n: int, seed: int, batch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """n images (n, C, R, R) in [-1, 1] from latents drawn with their own seeded generator, so the
-    same G and seed give the same images whatever the global RNG state."""
+def draw(G: nn.Module, n: int, seed: int, batch_size: int, device: torch.device | str = "cpu",
+         labels: torch.Tensor | None = None) -> Samples:
+    """n images from latents drawn with their own seeded generator, so the same G and seed give
+    the same images whatever the global RNG state. Classes/codes cycle 0, 1, 2, ... unless given."""
+    spec = latent_of(G)
+    if labels is None and spec.controls:
+        labels = torch.arange(n) % spec.controls
     was_training = G.training
     _set_mode(G, False)
     g = torch.Generator().manual_seed(seed)
     out = []
     try:
         for i in range(0, n, batch_size):
-            z = torch.randn(min(batch_size, n - i), G.z_dim, generator=g)
-            out.append(G(z.to(device)).float().cpu())
+            part = None if labels is None else labels[i:i + batch_size]
+            lat = spec.sample(min(batch_size, n - i), generator=g, labels=part, device=device)
+            out.append(G(*lat.inputs).float().cpu())
     finally:
         _set_mode(G, was_training)
     images = torch.cat(out)
     if not torch.isfinite(images).all():
         raise MetricError("generated images contain NaN/Inf")
-    return images
+    kind = "class" if spec.n_classes else "code" if spec.code_cat else ""
+    return Samples(images, labels, kind)
 
 
+def generate(G: nn.Module, n: int, seed: int, batch_size: int, device: torch.device | str = "cpu",
+             labels: torch.Tensor | None = None) -> torch.Tensor:
+    """draw(...).images: n images (n, C, R, R) in [-1, 1]."""
+    return draw(G, n, seed, batch_size, device, labels).images

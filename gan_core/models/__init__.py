@@ -1,21 +1,52 @@
-"""The one table of GAN families: ARCHS maps `model.arch` names to their Family."""
+"""The one table of GAN families: ARCHS maps `model.arch` names to their Family.
+
+Families share bodies, layers, losses and the one train step; what differs is declared here.
+"""
 from __future__ import annotations
 
 from gan_core.config import ConfigError, ModelConfig
 from gan_core.family import Family
-from gan_core.models import dcgan
+from gan_core.models import biggan, dcgan, vanilla
 from gan_core.steps import adversarial_step
 
+# The critics' optimisers as their papers give them: WGAN RMSprop(5e-5), n_critic 5, clip 0.01;
+# WGAN-GP Adam(1e-4, betas (0, 0.9)), n_critic 5, lambda 10. BigGAN: hinge, Adam betas (0, 0.999),
+# D's learning rate 4x G's (TTUR), orthogonal regularisation 1e-4.
+WGAN = {"model": {"loss": "wasserstein"},
+        "train": {"optimizer": "rmsprop", "lr_g": 5e-5, "lr_d": 5e-5, "n_critic": 5, "clip": 0.01}}
+WGAN_GP = {"model": {"loss": "wasserstein"},
+           "train": {"lr_g": 1e-4, "lr_d": 1e-4, "beta1": 0.0, "beta2": 0.9, "n_critic": 5, "gp_lambda": 10.0}}
+BIGGAN = {"model": {"loss": "hinge"},
+          "train": {"lr_g": 1e-4, "lr_d": 4e-4, "beta1": 0.0, "beta2": 0.999, "ortho_reg": 1e-4}}
+
 ARCHS: dict[str, Family] = {
+    "vanilla": Family(
+        "vanilla", "MLP generator and discriminator (Goodfellow 2014), non-saturating loss",
+        "unconditional", vanilla.build_generator, vanilla.build_discriminator, ("nonsat", "hinge"), adversarial_step),
     "dcgan": Family(
-        name="dcgan",
-        dataset_kind="unconditional",
-        build_g=dcgan.build_generator,
-        build_d=dcgan.build_discriminator,
-        losses=("nonsat", "hinge"),
-        step=adversarial_step,
-        metrics=("fid",),
-    ),
+        "dcgan", "strided conv / transposed conv, batch norm, LeakyReLU (Radford 2016)",
+        "unconditional", dcgan.build_generator, dcgan.build_discriminator, ("nonsat", "hinge"), adversarial_step),
+    "cgan": Family(
+        "cgan", "class embedding concatenated to z in G, projection discriminator (Mirza 2014, Miyato 2018)",
+        "labelled", dcgan.build_generator, dcgan.build_discriminator, ("nonsat", "hinge"), adversarial_step,
+        metrics=("fid", "class_acc")),
+    "wgan": Family(
+        "wgan", "critic without sigmoid, Wasserstein loss, weight clipping, n_critic, RMSprop (Arjovsky 2017)",
+        "unconditional", dcgan.build_generator, dcgan.build_discriminator, ("wasserstein",), adversarial_step,
+        defaults=WGAN),
+    "wgan_gp": Family(
+        "wgan_gp", "Wasserstein loss + gradient penalty on interpolates, layer-norm critic (Gulrajani 2017)",
+        "unconditional", dcgan.build_generator, dcgan.build_critic, ("wasserstein",), adversarial_step,
+        defaults=WGAN_GP),
+    "infogan": Family(
+        "infogan", "categorical + continuous codes, Q head sharing D's body, mutual-information loss (Chen 2016)",
+        "unconditional", dcgan.build_info_generator, dcgan.build_info_discriminator, ("nonsat", "hinge"),
+        adversarial_step, metrics=("fid", "code_acc", "code_nmi")),
+    "biggan": Family(
+        "biggan", "conditional BN with shared embedding, hierarchical z, self-attention, spectral norm, hinge "
+                  "(Brock 2019)",
+        "labelled", biggan.build_generator, biggan.build_discriminator, ("hinge", "nonsat"), adversarial_step,
+        metrics=("fid", "class_acc"), defaults=BIGGAN),
 }
 
 

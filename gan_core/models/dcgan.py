@@ -3,6 +3,9 @@ batch norm, ReLU in G, LeakyReLU(0.2) in D, tanh output, N(0, 0.02) init.
 
 Works at any power-of-two resolution >= 8: G starts from a 4x4 map and doubles it; D halves the
 image down to 4x4. Widths double per halving of resolution, capped at 512.
+
+The same body serves cgan (class embedding into G, projection D), wgan (the DCGAN critic),
+wgan_gp (layer-normalised critic) and infogan (codes in z, Q head on D): see gan_core.models.
 """
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ import torch
 from torch import nn
 
 from gan_core.config import DataConfig, ModelConfig
+from gan_core.latent import LatentSpec
+from gan_core.layers import DHead
 
 MAX_WIDTH = 512
 
@@ -35,42 +40,83 @@ def dcgan_init(module: nn.Module) -> None:
 
 
 class Generator(nn.Module):
-    def __init__(self, z_dim: int, channels: int, resolution: int, base: int):
+    """DCGAN G. Conditional when latent.n_classes > 0: a learned class embedding is concatenated
+    to z (Mirza & Osindero 2014's cGAN on the DCGAN body). InfoGAN codes are already part of z."""
+
+    def __init__(self, latent: LatentSpec, channels: int, resolution: int, base: int, embed_dim: int = 0):
         super().__init__()
-        self.z_dim, self.channels, self.resolution = z_dim, channels, resolution
+        self.latent, self.channels, self.resolution = latent, channels, resolution
+        self.embed = nn.Embedding(latent.n_classes, embed_dim) if latent.n_classes else None
+        in_dim = latent.input_dim + (embed_dim if latent.n_classes else 0)
         w = widths(base, resolution)
-        layers: list[nn.Module] = [  # (B, z, 1, 1) -> (B, w0, 4, 4)
-            nn.ConvTranspose2d(z_dim, w[0], 4, 1, 0, bias=False), nn.BatchNorm2d(w[0]), nn.ReLU(True)]
+        layers: list[nn.Module] = [  # (B, in, 1, 1) -> (B, w0, 4, 4)
+            nn.ConvTranspose2d(in_dim, w[0], 4, 1, 0, bias=False), nn.BatchNorm2d(w[0]), nn.ReLU(True)]
         for cin, cout in zip(w[:-1], w[1:]):  # each doubles H and W
             layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
         layers += [nn.ConvTranspose2d(w[-1], channels, 4, 2, 1), nn.Tanh()]  # last doubling -> image
         self.net = nn.Sequential(*layers)
         dcgan_init(self)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        # z: (B, z_dim) -> images (B, C, R, R) in [-1, 1]
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        # z: (B, input_dim), y: (B,) labels when conditional -> images (B, C, R, R) in [-1, 1]
+        if self.embed is not None:
+            z = torch.cat([z, self.embed(y)], dim=1)
         return self.net(z[:, :, None, None])
 
 
+def conv_body(channels: int, resolution: int, base: int, norm: str = "batch") -> tuple[nn.Sequential, int]:
+    """DCGAN D's strided convolutions, (B, C, R, R) -> (B, F) features, and F. `norm` is batch
+    (DCGAN, WGAN) or layer (WGAN-GP: the gradient penalty is per sample, so no batch statistics)."""
+    w = list(reversed(widths(base, resolution)))  # from the input resolution downwards
+    layers: list[nn.Module] = [nn.Conv2d(channels, w[0], 4, 2, 1), nn.LeakyReLU(0.2, True)]  # no norm on input
+    for cin, cout in zip(w[:-1], w[1:]):
+        layers += [nn.Conv2d(cin, cout, 4, 2, 1, bias=False), _norm(norm, cout), nn.LeakyReLU(0.2, True)]
+    layers.append(nn.Flatten())  # (B, w[-1], 4, 4) -> (B, 16 w[-1])
+    return nn.Sequential(*layers), w[-1] * 16
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "layer":
+        return nn.GroupNorm(1, channels)  # one group: normalise over C, H, W of each sample
+    raise ValueError(f"norm {kind!r} not in (batch, layer)")
+
+
 class Discriminator(nn.Module):
-    def __init__(self, channels: int, resolution: int, base: int):
+    """Conv body + the shared head (mini-batch layer, projection, Q head as configured)."""
+
+    def __init__(self, channels: int, resolution: int, base: int, norm: str = "batch", **head):
         super().__init__()
-        w = list(reversed(widths(base, resolution)))  # from the input resolution downwards
-        layers: list[nn.Module] = [nn.Conv2d(channels, w[0], 4, 2, 1), nn.LeakyReLU(0.2, True)]  # no BN on input
-        for cin, cout in zip(w[:-1], w[1:]):
-            layers += [nn.Conv2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, True)]
-        self.body = nn.Sequential(*layers)  # (B, C, R, R) -> (B, w[-1], 4, 4)
-        self.head = nn.Conv2d(w[-1], 1, 4, 1, 0)  # -> (B, 1, 1, 1)
+        self.body, features = conv_body(channels, resolution, base, norm)
+        self.head = DHead(features, **head)
         dcgan_init(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (B, C, R, R) in [-1, 1] -> logits (B,)
-        return self.head(self.body(x)).flatten()
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None):
+        # x: (B, C, R, R) in [-1, 1] -> logits (B,) (with the Q head: logits, code logits, code means)
+        return self.head(self.body(x), y)
 
 
-def build_generator(m: ModelConfig, d: DataConfig) -> Generator:
-    return Generator(m.z_dim, d.channels, d.resolution, m.g_channels)
+def build_generator(m: ModelConfig, d: DataConfig, n_classes: int = 0) -> Generator:
+    return Generator(LatentSpec(m.z_dim, n_classes), d.channels, d.resolution, m.g_channels, m.embed_dim)
 
 
-def build_discriminator(m: ModelConfig, d: DataConfig) -> Discriminator:
-    return Discriminator(d.channels, d.resolution, m.d_channels)
+def build_discriminator(m: ModelConfig, d: DataConfig, n_classes: int = 0) -> Discriminator:
+    return Discriminator(d.channels, d.resolution, m.d_channels, minibatch=m.minibatch, n_classes=n_classes)
+
+
+def build_critic(m: ModelConfig, d: DataConfig, n_classes: int = 0) -> Discriminator:
+    """WGAN-GP's critic: layer norm instead of batch norm, logits unbounded (no sigmoid anywhere)."""
+    return Discriminator(d.channels, d.resolution, m.d_channels, norm="layer", minibatch=m.minibatch,
+                         n_classes=n_classes)
+
+
+def build_info_generator(m: ModelConfig, d: DataConfig, n_classes: int = 0) -> Generator:
+    return Generator(LatentSpec(m.z_dim, 0, m.code_cat, m.code_cont), d.channels, d.resolution, m.g_channels)
+
+
+def build_info_discriminator(m: ModelConfig, d: DataConfig, n_classes: int = 0) -> Discriminator:
+    """D with InfoGAN's Q head on the same conv body (Chen et al. 2016: Q shares all of D's layers
+    but the last), predicting the categorical code's logits and the continuous codes' means."""
+    return Discriminator(d.channels, d.resolution, m.d_channels, minibatch=m.minibatch,
+                         code_cat=m.code_cat, code_cont=m.code_cont)
