@@ -94,6 +94,39 @@ def test_run_twice_registers_gates_and_versions(tmp_path):
     assert json.loads(_dvc(ws, "status", "--json").stdout) == {}
 
 
+def test_a_conditional_family_runs_registers_and_samples_a_requested_class(tmp_path):
+    ws = make_workspace(tmp_path)
+    r = ganpipe(ws, "run", "model.arch=cgan")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    ev = json.loads((ws / "reports" / "evaluation.json").read_text())
+    assert 0 <= ev["metrics"]["class_acc_300"] <= 1  # the conditional family's own metric
+    train = json.loads((ws / "models" / "candidate" / "train.json").read_text())
+    c = _mlflow(ws)
+    assert c.get_metric_history(train["mlflow_run_id"], "class_acc_300")
+    assert c.get_metric_history(train["mlflow_run_id"], "monitor/class_acc_100")
+
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import get_model_info
+
+    uri = "models:/ganpipe-digits-cgan@champion"
+    mlflow.set_tracking_uri(f"sqlite:///{ws / '.ganpipe' / 'mlflow.db'}")
+    info = get_model_info(uri)
+    assert [i.name for i in info.signature.inputs.inputs] == ["z", "y"]
+    assert info.metadata["latent"] == {"z_dim": 64, "n_classes": 10, "code_cat": 0, "code_cont": 0}
+    G = mlflow.pytorch.load_model(uri)  # the pt2 program takes (z, y)
+    assert G(torch.randn(3, 64), torch.tensor([0, 5, 9])).shape == (3, 1, 16, 16)
+
+    out = tmp_path / "sevens.png"
+    grid = ganpipe(ws, "sample", uri, "--n", "4", "--class", "7", "--out", str(out))
+    assert grid.returncode == 0, grid.stderr[-2000:]
+    from gan_core.images import read_provenance
+
+    assert read_provenance(out)["class"] == 7
+    bad = ganpipe(ws, "sample", uri, "--class", "10")
+    assert bad.returncode != 0 and "--class: 10" in bad.stderr and "0..9" in bad.stderr
+
+
 def test_dvc_repro_runs_the_same_stages(tmp_path):
     ws = make_workspace(tmp_path)
     r = _dvc(ws, "repro")

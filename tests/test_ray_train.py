@@ -68,3 +68,17 @@ def test_failure_budget_exhausted_fails_with_the_root_cause(setup):
             run_training(s, strict, data["path"], "no-budget", None, {})
     finally:
         del os.environ["GANPIPE_FAULT_AT"]
+
+
+@pytest.mark.parametrize("arch", ["wgan_gp", "biggan", "infogan"])
+def test_families_train_under_ddp_on_two_workers(setup, arch):
+    """The paths DDP is touchy about: a gradient penalty's double backward (wgan_gp), spectral
+    norm and a class-conditional D (biggan), D returning a tuple with the Q head (infogan)."""
+    s, _, data = setup
+    cfg = tiny_config(data={"resolution": 8}, model={"arch": arch},
+                      train={"steps": 4, "batch_size": 16, "num_workers": 2, "log_every": 2, "checkpoint_every": 4,
+                             "n_critic": 2})
+    ref = run_training(s, cfg, data["path"], f"ddp-{arch}", None, {})
+    ckpt = load_checkpoint(ref["checkpoint"])
+    assert ckpt["step"] == 4 and ckpt["world"] == 2 and ckpt["images_seen"] == 4 * 2 * 16
+    assert ckpt["n_classes"] == (10 if arch == "biggan" else 0)  # digits' classes reach a conditional family

@@ -1,0 +1,139 @@
+"""Every family's mechanics: shapes, one step, checkpoint round trip, defaults and refusals.
+How well each family *learns* is tests/test_learning.py."""
+import math
+
+import pytest
+import torch
+
+from conftest import blobs, tiny_config
+from gan_core.checkpoint import load_checkpoint, rebuild, rng_state, save_checkpoint, to_checkpoint
+from gan_core.config import ConfigError, PipelineConfig
+from gan_core.data import ShardedBatches
+from gan_core.models import ARCHS, get_family
+from gan_core.steps import split_d
+from gan_core.train import batch_position, build_state, train
+
+FAMILIES = sorted(ARCHS)
+CLASSES = 4  # the blobs fixture's classes
+
+
+def fam_config(arch, minibatch="off", **train_cfg):
+    # n_critic 2 keeps the critics' multi-batch path exercised while staying fast
+    extra = {"n_critic": 2} if ARCHS[arch].defaults.get("train", {}).get("n_critic", 1) > 1 else {}
+    return tiny_config(model={"arch": arch, "minibatch": minibatch}, train={**extra, **train_cfg})
+
+
+def batches_for(cfg, n=8):
+    images, labels = blobs(n * cfg.train.n_critic)
+    return [(torch.from_numpy(images[i * n:(i + 1) * n]), torch.from_numpy(labels[i * n:(i + 1) * n]))
+            for i in range(cfg.train.n_critic)]
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+@pytest.mark.parametrize("res,channels", [(8, 1), (16, 3), (32, 1)])
+def test_shapes_and_range(arch, res, channels):
+    cfg = tiny_config(model={"arch": arch}, data={"resolution": res, "channels": channels})
+    s = build_state(cfg, n_classes=CLASSES)
+    lat = s.G.latent.sample(5)
+    x = s.G(*lat.inputs)
+    assert x.shape == (5, channels, res, res) and x.min() >= -1 and x.max() <= 1
+    logits, q = split_d(s.D(x, lat.y))
+    assert logits.shape == (5,)
+    if arch == "infogan":
+        assert q[0].shape == (5, cfg.model.code_cat) and q[1].shape == (5, cfg.model.code_cont)
+    else:
+        assert q is None
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+@pytest.mark.parametrize("minibatch", ["off", "mbd", "stddev"])
+def test_one_step_changes_g_and_d_and_stays_finite(arch, minibatch):
+    cfg = fam_config(arch, minibatch)
+    s = build_state(cfg, n_classes=CLASSES)
+    g0 = [p.detach().clone() for p in s.G.parameters()]
+    d0 = [p.detach().clone() for p in s.D.parameters()]
+    out = s.family.step(s, batches_for(cfg), cfg.train)
+    assert {"loss_d", "loss_g"} <= set(out) and all(math.isfinite(float(v)) for v in out.values())
+    assert any(not torch.equal(a, b) for a, b in zip(g0, s.G.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(d0, s.D.parameters()))
+    assert all(p.requires_grad for p in s.D.parameters())
+    expected = {"wgan": {"wasserstein"}, "wgan_gp": {"wasserstein", "gp"}, "infogan": {"info"},
+                "biggan": {"ortho"}}.get(arch, set())
+    assert set(out) - {"loss_d", "loss_g"} == expected  # the family-specific metrics MLflow gets
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_checkpoint_round_trip(arch, tmp_path):
+    cfg = fam_config(arch, steps=2, log_every=1, checkpoint_every=2)
+    torch.manual_seed(0)
+    s = build_state(cfg, n_classes=CLASSES)
+    images, labels = blobs(64)
+    b = ShardedBatches(torch.from_numpy(images), torch.from_numpy(labels), 8, 0, 1, 0)
+    train(s, b.from_step(0), cfg)
+    save_checkpoint(tmp_path / "c.pt", to_checkpoint(s, cfg, [rng_state()]))
+    cfg2, s2 = rebuild(load_checkpoint(tmp_path / "c.pt"))
+    assert cfg2 == cfg and s2.n_classes == s.n_classes and s2.step == 2
+    for a, b_ in [(s.G, s2.G), (s.D, s2.D), (s.G_ema, s2.G_ema)]:
+        sd2 = b_.state_dict()
+        assert all(torch.equal(v, sd2[k]) for k, v in a.state_dict().items())
+    lat = s.G_ema.latent.sample(4, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(s.G_ema(*lat.inputs), s2.G_ema(*lat.inputs))  # the restored G draws the same images
+
+
+def test_a_critic_family_reads_n_critic_batches_per_step():
+    cfg = tiny_config(model={"arch": "wgan"}, train={"steps": 3, "log_every": 3, "checkpoint_every": 3})
+    assert cfg.train.n_critic == 5 and batch_position(3, cfg.train) == 15
+    s = build_state(cfg)
+    images, labels = blobs(256)
+    train(s, ShardedBatches(torch.from_numpy(images), None, 8, 0, 1, 0).from_step(0), cfg)
+    assert s.step == 3 and s.images_seen == 3 * 5 * 8
+
+
+def test_weight_clipping_keeps_the_critic_in_the_box():
+    cfg = fam_config("wgan", steps=1)
+    s = build_state(cfg)
+    with torch.no_grad():
+        for p in s.D.parameters():
+            p.mul_(100)
+    s.family.step(s, batches_for(cfg), cfg.train)
+    assert max(p.abs().max().item() for p in s.D.parameters()) <= cfg.train.clip
+
+
+def test_family_defaults_apply_where_params_are_silent_and_yield_to_explicit_values():
+    wgan = PipelineConfig.from_dict({"model": {"arch": "wgan"}})
+    assert (wgan.model.loss, wgan.train.optimizer, wgan.train.n_critic, wgan.train.clip, wgan.train.lr_d) == \
+        ("wasserstein", "rmsprop", 5, 0.01, 5e-5)
+    gp = PipelineConfig.from_dict({"model": {"arch": "wgan_gp"}, "train": {"n_critic": 3}})
+    assert (gp.train.gp_lambda, gp.train.beta1, gp.train.beta2, gp.train.n_critic) == (10.0, 0.0, 0.9, 3)
+    dc = PipelineConfig.from_dict({"model": {"arch": "dcgan"}})
+    assert (dc.model.loss, dc.train.optimizer, dc.train.n_critic, dc.train.lr_g) == ("nonsat", "adam", 1, 2e-4)
+    assert PipelineConfig.from_dict(wgan.to_dict()) == wgan  # resolved values round-trip (checkpoints)
+
+
+def test_conditional_family_needs_labels():
+    with pytest.raises(ConfigError, match="model.arch: cgan is class-conditional"):
+        build_state(tiny_config(model={"arch": "cgan"}), n_classes=0)
+    with pytest.raises(ConfigError, match="model.loss"):
+        build_state(tiny_config(model={"arch": "wgan", "loss": "nonsat"}))
+
+
+def test_registry_declares_what_the_pipeline_needs():
+    assert set(ARCHS) == {"vanilla", "dcgan", "cgan", "wgan", "wgan_gp", "infogan", "biggan"}
+    assert get_family("cgan").conditional and get_family("biggan").conditional
+    assert not any(get_family(a).conditional for a in ("vanilla", "dcgan", "wgan", "wgan_gp", "infogan"))
+    assert "class_acc" in get_family("cgan").metrics and "code_nmi" in get_family("infogan").metrics
+    for fam in ARCHS.values():
+        cfg = PipelineConfig.from_dict({"model": {"arch": fam.name}})
+        assert cfg.model.loss in fam.losses
+    with pytest.raises(ConfigError, match="model.arch"):
+        get_family("nope")
+
+
+def test_conditional_generator_follows_the_requested_label_input():
+    s = build_state(tiny_config(model={"arch": "cgan"}), n_classes=CLASSES)
+    G = s.G_ema
+    z = torch.randn(1, G.latent.z_dim).repeat(CLASSES, 1)
+    images = G(z, torch.arange(CLASSES))
+    assert not torch.equal(images[0], images[1])  # same z, other class: other image
+    with pytest.raises(ValueError, match="labels: must be in"):
+        G.latent.sample(2, labels=torch.tensor([0, CLASSES]))
