@@ -63,6 +63,19 @@ def generator_signature(spec: LatentSpec, out: np.ndarray):
     return ModelSignature(Schema(inputs), Schema([TensorSpec(np.dtype(np.float32), (-1, *out.shape[1:]), "images")]))
 
 
+def export_args(G) -> dict:
+    """How a generator is saved to MLflow: a torch.export (pt2) program, which loads without
+    unpickling code, with a dynamic batch dimension (needs an example batch > 1) and the latent
+    spec as metadata, since an exported program has no attributes to read it from."""
+    spec = G.latent
+    example = spec.sample(8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = G(*example.inputs).numpy()
+    return {"input_example": tuple(t.numpy() for t in example.inputs), "signature": generator_signature(spec, out),
+            "serialization_format": "pt2", "metadata": {"latent": spec.to_dict()},
+            "pip_requirements": [f"torch=={torch.__version__.split('+')[0]}"]}
+
+
 def register(settings: Settings, cfg: PipelineConfig, lineage: dict) -> dict:
     import mlflow
 
@@ -79,17 +92,8 @@ def register(settings: Settings, cfg: PipelineConfig, lineage: dict) -> dict:
 
     _, state = rebuild(load_checkpoint(settings.candidate_dir / "checkpoint.pt"))
     G = state.G_ema.eval()
-    spec = G.latent
-    example = spec.sample(8, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        out = G(*example.inputs).numpy()
     with mlflow.start_run(run_id=run_id):
-        # pt2 (torch.export): loads without unpickling code; batch dimension exported as dynamic.
-        # The latent spec travels as metadata: an exported program has no attributes to read it from.
-        info = mlflow.pytorch.log_model(
-            G, name="generator", input_example=tuple(t.numpy() for t in example.inputs),
-            signature=generator_signature(spec, out), serialization_format="pt2",
-            metadata={"latent": spec.to_dict()}, pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        info = mlflow.pytorch.log_model(G, name="generator", **export_args(G))
         mlflow.log_artifact(str(settings.candidate_dir / "checkpoint.pt"), "checkpoint")
     tags = lineage_tags(settings, cfg, training, evaluation, lineage)
     version = mlflow.register_model(info.model_uri, name, tags=tags)
