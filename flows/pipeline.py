@@ -6,6 +6,8 @@ stage unchanged; train always produces a new candidate.
 """
 from __future__ import annotations
 
+from typing import Literal, Optional
+
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
@@ -20,6 +22,7 @@ from flows.tracking import client
 from flows.train import train_stage
 from gan_core.config import ConfigError, PipelineConfig
 from gan_core.data import DataError, load_manifest
+from gan_core.models import ARCHS
 from gan_core.train import DivergedError
 
 
@@ -79,11 +82,16 @@ def register_task(cfg: dict, lineage: dict) -> dict:
     return reg
 
 
+Arch = Literal[tuple(ARCHS)]  # a drop-down of the family names in the Prefect UI's run form
+
+
 @flow(name="ganpipe-pipeline", log_prints=True)
-def pipeline(overrides: list[str] | None = None) -> dict:
-    """Run prepare -> train -> evaluate -> register. `overrides` are `section.field=value` strings."""
+def pipeline(overrides: list[str] | None = None, arch: Optional[Arch] = None) -> dict:
+    """Run prepare -> train -> evaluate -> register. `overrides` are `section.field=value` strings;
+    `arch` picks the GAN family (the same as the override model.arch=<name>)."""
     s = load_settings()
-    cfg = load_config(s.params_file, overrides or [])
+    overrides = ([f"model.arch={arch}"] if arch else []) + list(overrides or [])
+    cfg = load_config(s.params_file, overrides)
     versioning.ensure_repo(s)
     lineage = {"prefect.flow_run_id": str(flow_run.id or "none")}
     d = cfg.to_dict()
