@@ -76,6 +76,7 @@ def check_choices(cfg: PipelineConfig) -> None:
 
 def _write_overrides(path: Path, parsed: list[tuple[str, str, Any]]) -> None:
     rt = YAML()  # round-trip: keeps comments and key order
+    rt.preserve_quotes = True  # "off", "yes", "1e-4" stay strings for YAML 1.1 readers (PyYAML, DVC)
     doc = rt.load(path.read_text())
     for section, key, value in parsed:
         if doc.get(section) is None:

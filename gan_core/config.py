@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-MINIBATCH = ("off", "mbd", "stddev")  # mini-batch layer in D: none, Salimans 2016, ProGAN stddev
+MINIBATCH = ("none", "mbd", "stddev")  # mini-batch layer in D: none, Salimans 2016, ProGAN stddev
 OPTIMIZERS = ("adam", "rmsprop")
 
 
@@ -59,7 +59,7 @@ class ModelConfig:
     z_dim: int = 64
     g_channels: int = 64  # generator width at the output resolution; doubles per halving
     d_channels: int = 64  # discriminator width at the input resolution; doubles per halving
-    minibatch: str = "off"  # off | mbd (mini-batch discrimination) | stddev (mini-batch stddev); any D
+    minibatch: str = "none"  # none | mbd (mini-batch discrimination) | stddev (mini-batch stddev); any D
     embed_dim: int = 32  # class-embedding size (cgan's G input, biggan's shared embedding)
     code_cat: int = 10  # infogan: categories of the categorical code
     code_cont: int = 2  # infogan: continuous codes, uniform in [-1, 1]

@@ -62,7 +62,7 @@ def minibatch_layer(kind: str, features: int) -> tuple[nn.Module, int]:
         return layer, features + layer.kernels
     if kind == "stddev":
         return MinibatchStdDev(), features + 1
-    if kind == "off":
+    if kind == "none":
         return nn.Identity(), features
     raise ValueError(f"model.minibatch: {kind!r} not in {MINIBATCH}")
 
@@ -81,7 +81,7 @@ class DHead(nn.Module):
     - code_cat / code_cont > 0: InfoGAN's Q head on the same features; forward then returns
       (logits, categorical-code logits (B, code_cat), continuous-code means (B, code_cont))."""
 
-    def __init__(self, features: int, minibatch: str = "off", n_classes: int = 0, code_cat: int = 0,
+    def __init__(self, features: int, minibatch: str = "none", n_classes: int = 0, code_cat: int = 0,
                  code_cont: int = 0, sn: bool = False):
         super().__init__()
         self.minibatch, width = minibatch_layer(minibatch, features)

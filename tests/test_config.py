@@ -71,3 +71,18 @@ def test_unknown_registry_names_fail_before_params_are_written(tmp_path, overrid
     with pytest.raises(ConfigError) as e:
         load_config(p, [override])
     assert e.value.field == field and p.read_text() == "train:\n  steps: 10\n"
+
+
+def test_the_shipped_params_survive_an_override_round_trip(tmp_path):
+    """Every string in params.yaml must still read as a string after ruamel rewrites the file
+    (YAML 1.1 readers turn a bare off/yes/no into booleans)."""
+    import shutil
+    from pathlib import Path
+
+    p = tmp_path / "params.yaml"
+    shutil.copy(Path(__file__).resolve().parents[1] / "params.yaml", p)
+    for arch in ("vanilla", "dcgan", "cgan", "wgan", "wgan_gp", "infogan", "biggan"):
+        cfg = load_config(p, [f"model.arch={arch}"])
+        assert cfg.model.arch == arch and load_config(p) == cfg
+    load_config(p, ["model.minibatch=stddev"])
+    assert load_config(p).model.minibatch == "stddev"

@@ -17,7 +17,7 @@ FAMILIES = sorted(ARCHS)
 CLASSES = 4  # the blobs fixture's classes
 
 
-def fam_config(arch, minibatch="off", **train_cfg):
+def fam_config(arch, minibatch="none", **train_cfg):
     # n_critic 2 keeps the critics' multi-batch path exercised while staying fast
     extra = {"n_critic": 2} if ARCHS[arch].defaults.get("train", {}).get("n_critic", 1) > 1 else {}
     return tiny_config(model={"arch": arch, "minibatch": minibatch}, train={**extra, **train_cfg})
@@ -46,7 +46,7 @@ def test_shapes_and_range(arch, res, channels):
 
 
 @pytest.mark.parametrize("arch", FAMILIES)
-@pytest.mark.parametrize("minibatch", ["off", "mbd", "stddev"])
+@pytest.mark.parametrize("minibatch", ["none", "mbd", "stddev"])
 def test_one_step_changes_g_and_d_and_stays_finite(arch, minibatch):
     cfg = fam_config(arch, minibatch)
     s = build_state(cfg, n_classes=CLASSES)

@@ -99,7 +99,7 @@ class DBlock(nn.Module):
 
 class Discriminator(nn.Module):
     def __init__(self, channels: int, resolution: int, base: int, n_classes: int, attention: int,
-                 minibatch: str = "off"):
+                 minibatch: str = "none"):
         super().__init__()
         chs = [channels] + list(reversed(widths(base, resolution)))  # input, then each block's output
         self.blocks = nn.ModuleList(DBlock(a, b, preactivation=i > 0) for i, (a, b) in enumerate(zip(chs[:-1], chs[1:])))

@@ -40,7 +40,7 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    def __init__(self, channels: int, resolution: int, base: int, minibatch: str = "off"):
+    def __init__(self, channels: int, resolution: int, base: int, minibatch: str = "none"):
         super().__init__()
         self.body = nn.Sequential(nn.Flatten(), nn.Linear(channels * resolution * resolution, 8 * base),
                                   nn.LeakyReLU(0.2, True), nn.Linear(8 * base, 4 * base), nn.LeakyReLU(0.2, True))
