@@ -53,7 +53,7 @@ def load_config(path: Path, overrides: list[str] | tuple[str, ...] = (), write: 
         data[section][key] = value
     try:
         cfg = PipelineConfig.from_dict(data)
-        check_choices(cfg)
+        check_choices(cfg, path.parent)
     except ConfigError as e:
         raise ConfigError(e.field, f"{e.reason} (in {path.name} with overrides {list(overrides)})") from e
     if parsed and write:
@@ -61,17 +61,39 @@ def load_config(path: Path, overrides: list[str] | tuple[str, ...] = (), write: 
     return cfg
 
 
-def check_choices(cfg: PipelineConfig) -> None:
-    """Names that must exist in a registry (family, loss, backbone, source): checked before any work."""
-    from flows.sources import SOURCES
+def check_choices(cfg: PipelineConfig, workspace: Path | None = None) -> None:
+    """Names that must exist somewhere (family, loss, backbone, dataset and version): checked before any work."""
     from gan_core.metrics.evaluator import BACKBONES
     from gan_core.models import family_for
 
     family_for(cfg.model)
     if cfg.eval.backbone not in BACKBONES:
         raise ConfigError("eval.backbone", f"unknown backbone {cfg.eval.backbone!r} (known: {', '.join(BACKBONES)})")
-    if cfg.data.source not in SOURCES:
-        raise ConfigError("data.source", f"unknown source {cfg.data.source!r} (known: {', '.join(sorted(SOURCES))})")
+    if workspace is not None:
+        check_dataset(cfg, workspace)
+
+
+def check_dataset(cfg: PipelineConfig, workspace: Path) -> None:
+    """data.name is a catalogued NAME[@VERSION] whose shape matches data.resolution/channels, or a
+    built-in name (no version). Unknown names and versions list what exists."""
+    from flows import catalog
+    from flows.sources import BUILTIN_DATASETS
+
+    d = cfg.data
+    data = catalog.load(workspace)
+    if d.dataset not in data["datasets"]:
+        if d.dataset in BUILTIN_DATASETS and d.version is None:
+            return
+        known = sorted(data["datasets"]) + [f"{n} (built-in)" for n in BUILTIN_DATASETS]
+        what = f"unknown dataset {d.dataset!r}" if d.version is None or d.dataset not in BUILTIN_DATASETS else \
+            f"built-in dataset {d.dataset!r} has no versions; add it to the catalog to version it"
+        raise ConfigError("data.name", f"{what} (known: {', '.join(known)}; add one with "
+                                       f"`ganpipe dataset add NAME SOURCE`)")
+    version, entry = catalog.resolve(data, d.dataset, d.version)
+    if (entry["resolution"], entry["channels"]) != (d.resolution, d.channels):
+        raise ConfigError("data.resolution", f"{d.dataset}@{version} is {entry['resolution']}x{entry['resolution']} "
+                                             f"with {entry['channels']} channel(s); set data.resolution="
+                                             f"{entry['resolution']} data.channels={entry['channels']}")
 
 
 def _write_overrides(path: Path, parsed: list[tuple[str, str, Any]]) -> None:

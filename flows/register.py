@@ -31,7 +31,8 @@ def _scored(version) -> Scored | None:
 def lineage_tags(settings: Settings, cfg: PipelineConfig, training: dict, evaluation: dict, lineage: dict) -> dict:
     meta = training["meta"]
     tags = {
-        "dataset.name": cfg.data.name,
+        "dataset.name": cfg.data.dataset,
+        "dataset.version": str(meta.get("dataset_version", "unversioned")),
         "dataset.content_sha256": meta["dataset_sha256"],
         "dataset.dvc_md5": str(versioning.locked_out_md5(settings, "prepare", settings.prepared_dir(cfg.data.name))),
         "params.sha256": meta["params_sha256"],

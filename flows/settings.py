@@ -24,7 +24,7 @@ class Settings:
     mlflow_uri: str
     ray_address: str | None  # None: start a local Ray instance for the run
     dvc_remote: str  # name of the DVC remote to push to
-    dvc_remote_url: str | None  # set for the embedded local remote (configured in .dvc/config.local)
+    dvc_remote_url: str | None  # configured in .dvc/config.local when set: a folder, or s3://bucket/prefix
 
     @property
     def params_file(self) -> Path:
@@ -63,13 +63,16 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     ws = Path(env["GANPIPE_WORKSPACE"]).resolve() if env.get("GANPIPE_WORKSPACE") else find_workspace(Path.cwd())
     home = Path(env.get("GANPIPE_HOME") or ws / ".ganpipe").resolve()
     remote = env.get("GANPIPE_DVC_REMOTE", "ganpipe-local")
+    # the embedded remote is a folder under GANPIPE_HOME; any other remote is either configured
+    # here (GANPIPE_DVC_REMOTE_URL, e.g. s3://bucket/dvc with AWS_ENDPOINT_URL) or in .dvc/config
+    remote_url = env.get("GANPIPE_DVC_REMOTE_URL") or (str(home / "dvc-remote") if remote == "ganpipe-local" else None)
     return Settings(
         workspace=ws,
         home=home,
         mlflow_uri=env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}",
         ray_address=env.get("RAY_ADDRESS") or None,
         dvc_remote=remote,
-        dvc_remote_url=str(home / "dvc-remote") if remote == "ganpipe-local" else None,
+        dvc_remote_url=remote_url,
     )
 
 

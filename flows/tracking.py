@@ -19,7 +19,7 @@ def client(tracking_uri: str) -> MlflowClient:
 
 def model_name(cfg: PipelineConfig) -> str:
     """One registered model per dataset and architecture: versions of it compete for `champion`."""
-    return f"{cfg.register.model_prefix}-{cfg.data.name}-{cfg.model.arch}"
+    return f"{cfg.register.model_prefix}-{cfg.data.dataset}-{cfg.model.arch}"
 
 
 def experiment_id(c: MlflowClient, name: str, artifact_root: str | None) -> str:

@@ -216,13 +216,14 @@ def train_stage(settings: Settings, cfg: PipelineConfig, lineage: dict) -> dict:
     prepared = settings.prepared_dir(cfg.data.name)
     manifest = load_manifest(prepared)
     check_dataset_fits(cfg, manifest, prepared)
-    meta = {"dataset_name": cfg.data.name, "dataset_sha256": manifest["content_sha256"],
+    meta = {"dataset_name": cfg.data.dataset, "dataset_version": str(manifest.get("version", "unversioned")),
+            "dataset_sha256": manifest["content_sha256"],
             "params_sha256": cfg.params_hash(), "git_commit": versioning.git_commit(settings),
             "prefect_flow_run_id": lineage.get("prefect.flow_run_id", "none")}
     run_name = f"{model_name(cfg)}-{time.strftime('%Y%m%d-%H%M%S')}"
     c = client(settings.mlflow_uri)
     embedded = settings.mlflow_uri.startswith(("sqlite:", "file:"))
-    exp = experiment_id(c, f"{cfg.register.model_prefix}-{cfg.data.name}",
+    exp = experiment_id(c, f"{cfg.register.model_prefix}-{cfg.data.dataset}",
                         settings.mlflow_artifacts.as_uri() if embedded else None)
     tags = {"ray.run_name": run_name, "dataset.name": cfg.data.name, "model.arch": cfg.model.arch,
             **{f"lineage.{k}": str(v) for k, v in meta.items()}}

@@ -8,6 +8,7 @@ The CLI is used rather than DVC's Python API: it is DVC's stable interface acros
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -36,10 +37,15 @@ def ensure_repo(settings: Settings) -> None:
         scm = [] if (settings.workspace / ".git").exists() else ["--no-scm"]
         dvc(settings, "init", "--quiet", *scm)
         dvc(settings, "config", "core.analytics", "false")
-    if settings.dvc_remote_url is not None:
-        Path(settings.dvc_remote_url).mkdir(parents=True, exist_ok=True)
-        # --local: the path is this machine's, so it goes to .dvc/config.local, never into git
-        dvc(settings, "remote", "add", "--local", "--force", settings.dvc_remote, settings.dvc_remote_url)
+    url = settings.dvc_remote_url
+    if url is not None:
+        if "://" not in url:
+            Path(url).mkdir(parents=True, exist_ok=True)
+        # --local: the location is this machine's, so it goes to .dvc/config.local, never into git
+        dvc(settings, "remote", "add", "--local", "--force", settings.dvc_remote, url)
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if url.startswith("s3://") and endpoint:  # an S3-compatible server (MinIO, moto, ...)
+            dvc(settings, "remote", "modify", "--local", settings.dvc_remote, "endpointurl", endpoint)
 
 
 def stage_up_to_date(settings: Settings, stage: str) -> bool:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+DATASET_RE = re.compile(r"^(?P<name>[a-z0-9][a-z0-9_-]{0,63})(@(?P<version>v[0-9]+|latest))?$")
 MINIBATCH = ("none", "mbd", "stddev")  # mini-batch layer in D: none, Salimans 2016, ProGAN stddev
 OPTIMIZERS = ("adam", "rmsprop")
 
@@ -39,17 +40,28 @@ def _is_pow2(n: int) -> bool:
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "digits"  # dataset name; also the folder under data/prepared/
-    source: str = "sklearn-digits"  # where prepare reads from
+    name: str = "digits"  # NAME or NAME@VERSION: a catalogued dataset (data/catalog.yaml) or a built-in
     resolution: int = 16  # square side after normalisation
     channels: int = 1  # 1 (grey) or 3 (RGB)
 
     def __post_init__(self):
-        _check(bool(NAME_RE.match(self.name)), "data.name",
-               f"{self.name!r} must match {NAME_RE.pattern} (lower-case letters, digits, '-', '_')")
+        _check(bool(DATASET_RE.match(self.name)), "data.name",
+               f"{self.name!r} must be NAME or NAME@vN (NAME: lower-case letters, digits, '-', '_')")
         _check(_is_pow2(self.resolution) and 8 <= self.resolution <= 1024, "data.resolution",
                f"must be a power of two in [8, 1024], got {self.resolution}")
         _check(self.channels in (1, 3), "data.channels", f"must be 1 or 3, got {self.channels}")
+
+
+    @property
+    def dataset(self) -> str:
+        """The dataset's name without any @version."""
+        return DATASET_RE.match(self.name)["name"]
+
+    @property
+    def version(self) -> str | None:
+        """The pinned version (v3), or None for the latest."""
+        v = DATASET_RE.match(self.name)["version"]
+        return None if v in (None, "latest") else v
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ def test_a_bad_override_changes_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("override, field", [("model.arch=nope", "model.arch"), ("model.loss=wasserstein", "model.loss"),
-                                             ("eval.backbone=nope", "eval.backbone"), ("data.source=nope", "data.source")])
+                                             ("eval.backbone=nope", "eval.backbone"), ("data.name=nope", "data.name")])
 def test_unknown_registry_names_fail_before_params_are_written(tmp_path, override, field):
     p = tmp_path / "params.yaml"
     p.write_text("train:\n  steps: 10\n")

@@ -145,7 +145,7 @@ def test_bad_parameters_are_rejected_before_any_work(tmp_path):
     before = (ws / "params.yaml").read_text()
     for args, field in [(["train.steps=-5"], "train.steps"), (["data.name=../x"], "data.name"),
                         (["train.batch_size=33"], "train.batch_size"), (["model.arch=nope"], "model.arch"),
-                        (["model.loss=wasserstein"], "model.loss"), (["data.source=nope"], "data.source"),
+                        (["model.loss=wasserstein"], "model.loss"), (["data.name=nope"], "data.name"),
                         (["train.stepz=1"], "train.stepz")]:
         r = ganpipe(ws, "run", *args, timeout=120)
         assert r.returncode != 0 and field in r.stderr, (args, r.stderr[-2000:])

@@ -11,7 +11,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-COPY = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore", "gan_core", "flows"]
+COPY = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore", "data/catalog.yaml",
+        "gan_core", "flows"]
 
 # a few hundred steps of the real pipeline: mechanics end to end, in about a minute
 TINY = {"train": {"steps": 40, "checkpoint_every": 20, "log_every": 10, "batch_size": 32},

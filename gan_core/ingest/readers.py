@@ -84,7 +84,9 @@ def read_archive_entries(path: Path, limits: ArchiveLimits) -> Iterator[Entry]:
         yield Entry(m.name, data=m.data, rejected=m.rejected)
 
 
-def _array_images(images: np.ndarray, labels: np.ndarray | None, source: str) -> Iterator[Entry]:
+def array_entries(images: np.ndarray, labels: np.ndarray | None, source: str,
+                  class_names: tuple[str, ...] | None = None) -> Iterator[Entry]:
+    """Entries from in-memory arrays; labels become class names (given names, or the value as text)."""
     if images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[-1] not in (1, 3):
         images = images.transpose(0, 2, 3, 1)  # NCHW -> NHWC
     if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3, 4)):
@@ -103,7 +105,8 @@ def _array_images(images: np.ndarray, labels: np.ndarray | None, source: str) ->
     for i, a in enumerate(images):
         a = a[..., 0] if a.ndim == 3 and a.shape[-1] == 1 else a
         im = Image.fromarray(np.ascontiguousarray(a), mode) if mode else Image.fromarray(np.ascontiguousarray(a))
-        yield Entry(f"{source}[{i}]", image=im, label=None if labels is None else str(int(labels[i])))
+        label = None if labels is None else (class_names[int(labels[i])] if class_names else str(int(labels[i])))
+        yield Entry(f"{source}[{i}]", image=im, label=label)
 
 
 def read_npz(path: Path) -> Iterator[Entry]:
@@ -120,7 +123,7 @@ def read_npz(path: Path) -> Iterator[Entry]:
         raise IngestError(f"{path}: unreadable .npz ({e})") from None
     if labels is not None and not np.issubdtype(labels.dtype, np.integer):
         raise IngestError(f"{path}: labels must be integers, got {labels.dtype}")
-    yield from _array_images(images, labels, path.name)
+    yield from array_entries(images, labels, path.name)
 
 
 IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -156,4 +159,4 @@ def read_idx_source(path: Path) -> Iterator[Entry]:
         raise IngestError(f"{path}: image IDX must be 3-d (N, rows, cols), got {images.shape}")
     labels_path = idx_labels_for(path)
     labels = read_idx(labels_path) if labels_path else None
-    yield from _array_images(np.ascontiguousarray(images.astype(np.uint8)), labels, path.name)
+    yield from array_entries(np.ascontiguousarray(images.astype(np.uint8)), labels, path.name)
