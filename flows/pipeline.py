@@ -86,11 +86,14 @@ Arch = Literal[tuple(ARCHS)]  # a drop-down of the family names in the Prefect U
 
 
 @flow(name="ganpipe-pipeline", log_prints=True)
-def pipeline(overrides: list[str] | None = None, arch: Optional[Arch] = None) -> dict:
+def pipeline(overrides: list[str] | None = None, arch: Optional[Arch] = None, dataset: Optional[str] = None) -> dict:
     """Run prepare -> train -> evaluate -> register. `overrides` are `section.field=value` strings;
-    `arch` picks the GAN family (the same as the override model.arch=<name>)."""
+    `arch` picks the GAN family, `dataset` NAME or NAME@vN (the same as model.arch=... / data.name=...,
+    and validated the same way: an unknown dataset or version fails before any work)."""
     s = load_settings()
-    overrides = ([f"model.arch={arch}"] if arch else []) + list(overrides or [])
+    picks = [f"model.arch={arch}"] if arch else []
+    picks += [f"data.name={dataset}"] if dataset else []
+    overrides = picks + list(overrides or [])
     cfg = load_config(s.params_file, overrides)
     versioning.ensure_repo(s)
     lineage = {"prefect.flow_run_id": str(flow_run.id or "none")}
