@@ -30,8 +30,8 @@ ARCHS: dict[str, Family] = {
         "unconditional", dcgan.build_generator, dcgan.build_discriminator, ("nonsat", "hinge"), adversarial_step),
     "cgan": Family(
         "cgan", "class embedding concatenated to z in G, projection discriminator (Mirza 2014, Miyato 2018)",
-        "labelled", dcgan.build_generator, dcgan.build_discriminator, ("nonsat", "hinge"), adversarial_step,
-        metrics=("fid", "class_acc")),
+        "labelled", dcgan.build_generator, dcgan.build_conditional_discriminator, ("nonsat", "hinge"),
+        adversarial_step, metrics=("fid", "class_acc")),
     "wgan": Family(
         "wgan", "critic without sigmoid, Wasserstein loss, weight clipping, n_critic, RMSprop (Arjovsky 2017)",
         "unconditional", dcgan.build_generator, dcgan.build_discriminator, ("wasserstein",), adversarial_step,

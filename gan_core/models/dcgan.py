@@ -105,6 +105,14 @@ def build_discriminator(m: ModelConfig, d: DataConfig, n_classes: int = 0) -> Di
     return Discriminator(d.channels, d.resolution, m.d_channels, minibatch=m.minibatch, n_classes=n_classes)
 
 
+def build_conditional_discriminator(m: ModelConfig, d: DataConfig, n_classes: int = 0) -> Discriminator:
+    """cgan's D: projection head, layer norm. With batch norm, G learned to draw one image per class
+    (digits, 1500 steps: FID 11.7, recall 0.003); with layer norm FID 7.9, recall 0.05, the same
+    class accuracy (1.0). Batch statistics of an all-fake batch are a shortcut D can use."""
+    return Discriminator(d.channels, d.resolution, m.d_channels, norm="layer", minibatch=m.minibatch,
+                         n_classes=n_classes)
+
+
 def build_critic(m: ModelConfig, d: DataConfig, n_classes: int = 0) -> Discriminator:
     """WGAN-GP's critic: layer norm instead of batch norm, logits unbounded (no sigmoid anywhere)."""
     return Discriminator(d.channels, d.resolution, m.d_channels, norm="layer", minibatch=m.minibatch,
