@@ -224,7 +224,8 @@ def dataset_add(
                                            "sklearn-digits | synthetic-blobs | synthetic-shapes | mnist | "
                                            "fashion-mnist | cifar10"),
     kind: str = typer.Option("auto", help="auto (labelled when there are class folders/labels) | labelled | "
-                                          "unconditional"),
+                                          "unconditional | paired (two domain folders, files matched by "
+                                          "name) | unpaired (two domain folders) | superres (high-res images)"),
     resolution: int = typer.Option(32, help="square side after resizing (power of two)"),
     channels: int = typer.Option(3, help="1 (grey) or 3 (RGB)"),
     policy: str = typer.Option("fail", help="fail: any rejected file refuses the add | skip: rejects are "
@@ -273,9 +274,10 @@ def dataset_list():
     if not rows:
         typer.echo("no catalogued datasets (built-in: digits, blobs, shapes); add one with `ganpipe dataset add`")
     for r in rows:
-        classes = len(r["classes"]) if r.get("classes") else 0
+        what = f"domains={'/'.join(r['domains'])}" if r.get("domains") else \
+            f"classes={len(r['classes']) if r.get('classes') else 0}"
         typer.echo(f"{'*' if r['latest'] else ' '} {r['name']}@{r['version']:<4} {r['kind']:<13} {r['count']:>7} images "
-                   f"{r['resolution']}x{r['resolution']}x{r['channels']} classes={classes} "
+                   f"{r['resolution']}x{r['resolution']}x{r['channels']} {what} "
                    f"sha={r['content_sha256'][:12]} {r['created']} {r['source']}")
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,40 +24,38 @@ from flows.sources import fetch, workdir
 from gan_core.config import NAME_RE, ConfigError
 from gan_core.data import load_manifest, load_prepared, write_prepared
 from gan_core.files import write_json_atomic
-from gan_core.ingest.ingest import IngestResult, ingest, read_local
+from gan_core.ingest.ingest import KINDS, IngestResult, ingest, read_local
 from gan_core.ingest.policy import IngestPolicy
 from gan_core.ingest.readers import array_entries
 from gan_core.ingest.report import IngestError
 from gan_core.metrics.evaluator import DOMAIN, build_evaluator
-
-KINDS = ("auto", "unconditional", "labelled")
-
 
 def read(source: str, policy: IngestPolicy, kind: str) -> IngestResult:
     with workdir() as tmp:
         got = fetch(source, Path(tmp))
         if got.path is not None:
             return read_local(got.path, policy, kind)
+        if kind in ("paired", "unpaired"):
+            raise IngestError(f"{source}: --kind {kind} needs a folder or archive with two domain sub-folders")
         images, labels = got.arrays
-        if kind == "unconditional":
+        if kind in ("unconditional", "superres"):
             labels = None
-        names = got.class_names
-        entries = array_entries(images, labels, source, names)
-        return ingest(entries, policy, source)
+        result = ingest(array_entries(images, labels, source, got.class_names), policy, source)
+        return replace(result, kind="superres") if kind == "superres" else result
 
 
 def add(settings: Settings, name: str, source: str, policy: IngestPolicy, kind: str = "auto") -> dict:
     if not NAME_RE.match(name):
         raise ConfigError("NAME", f"{name!r} must match {NAME_RE.pattern} (lower-case letters, digits, '-', '_')")
     if kind not in KINDS:
-        raise ConfigError("--kind", f"must be one of {KINDS} for now, got {kind!r}")
+        raise ConfigError("--kind", f"must be one of {KINDS}, got {kind!r}")
     result = read(source, policy, kind)
     ws = settings.workspace
     with catalog.locked(ws):
         data = catalog.load(ws)
         from gan_core.data import content_hash
 
-        sha = content_hash(result.images, result.labels)
+        sha = content_hash(result.images, result.labels, result.images_b)
         existing = catalog.find_content(data, name, sha)
         if existing:
             return {"name": name, "version": existing, "created": False, "content_sha256": sha,
@@ -88,8 +86,9 @@ def add(settings: Settings, name: str, source: str, policy: IngestPolicy, kind: 
 
 def _write_version(folder: Path, name: str, version: str, source: str, policy: IngestPolicy,
                    result: IngestResult) -> dict:
-    meta = {"name": name, "version": version, "source": source, "resolution": policy.resolution,
-            "channels": policy.channels, "classes": result.classes}
+    meta = {"name": name, "version": version, "kind": result.kind, "source": source,
+            "resolution": policy.resolution, "channels": policy.channels,
+            ("domains" if result.images_b is not None else "classes"): result.classes}
     labels = result.labels
 
     def extras(tmp: Path, manifest: dict) -> None:
@@ -100,7 +99,7 @@ def _write_version(folder: Path, name: str, version: str, source: str, policy: I
             # statistics (slow on CPU, weights rarely present offline) are computed by prepare on demand
             build_evaluator(tmp, result.images, labels, manifest, backbones=(DOMAIN,))
 
-    return write_prepared(folder, result.images, labels, meta, extras=extras)
+    return write_prepared(folder, result.images, labels, meta, extras=extras, images_b=result.images_b)
 
 
 def _entry(settings: Settings, manifest: dict, source: str, policy: IngestPolicy, result: IngestResult,
@@ -113,7 +112,8 @@ def _entry(settings: Settings, manifest: dict, source: str, policy: IngestPolicy
         "dvc_file": dvc_file.relative_to(settings.workspace).as_posix(),
         "kind": manifest["kind"], "count": manifest["count"],
         "resolution": policy.resolution, "channels": policy.channels,
-        "classes": result.classes, "class_counts": (manifest["labels"] or {}).get("counts"),
+        **({"domains": result.classes, "count_b": manifest["count_b"]} if result.images_b is not None else
+           {"classes": result.classes, "class_counts": (manifest["labels"] or {}).get("counts")}),
         "source": source, "policy": {k: v for k, v in asdict(policy).items() if k != "formats"},
         "rejected": result.report.counts,
         "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),

@@ -78,6 +78,7 @@ def check_dataset(cfg: PipelineConfig, workspace: Path) -> None:
     built-in name (no version). Unknown names and versions list what exists."""
     from flows import catalog
     from flows.sources import BUILTIN_DATASETS
+    from gan_core.models import family_for
 
     d = cfg.data
     data = catalog.load(workspace)
@@ -90,6 +91,12 @@ def check_dataset(cfg: PipelineConfig, workspace: Path) -> None:
         raise ConfigError("data.name", f"{what} (known: {', '.join(known)}; add one with "
                                        f"`ganpipe dataset add NAME SOURCE`)")
     version, entry = catalog.resolve(data, d.dataset, d.version)
+    family = family_for(cfg.model)
+    usable = {"unconditional": ("unconditional", "labelled", "superres"), "labelled": ("labelled",)}.get(
+        family.dataset_kind, (family.dataset_kind,))
+    if entry["kind"] not in usable:
+        raise ConfigError("data.name", f"{d.dataset}@{version} is a {entry['kind']} dataset; {family.name} trains on "
+                                       f"{' or '.join(usable)} data")
     if (entry["resolution"], entry["channels"]) != (d.resolution, d.channels):
         raise ConfigError("data.resolution", f"{d.dataset}@{version} is {entry['resolution']}x{entry['resolution']} "
                                              f"with {entry['channels']} channel(s); set data.resolution="

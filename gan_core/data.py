@@ -1,9 +1,10 @@
 """The prepared-dataset format: uint8 NCHW images (+ int64 labels) and a manifest with a content hash.
 
 On disk a prepared dataset is a folder:
-    images.npy      (N, C, R, R) uint8, 0..255
+    images.npy      (N, C, R, R) uint8, 0..255 (domain A for paired/unpaired data)
     labels.npy      (N,) int64, only for labelled data
-    manifest.json   count, shape, labels, content_sha256, file hashes
+    images_b.npy    (M, C, R, R) uint8, domain B: paired (M = N, row i pairs with row i) or unpaired
+    manifest.json   kind, count, shape, labels, content_sha256, file hashes
 Plain .npy files (not .npz) because np.savez stamps the current time into its zip entries, which
 would change the bytes, and so the DVC hash, of identical data.
 """
@@ -36,6 +37,7 @@ class PreparedDataset:
     images: np.ndarray  # (N, C, R, R) uint8
     labels: np.ndarray | None  # (N,) int64 in [0, num_classes)
     manifest: dict
+    images_b: np.ndarray | None = None  # (M, C, R, R) uint8: the second domain of paired/unpaired data
 
     @property
     def num_classes(self) -> int:
@@ -78,21 +80,27 @@ def validate(images: np.ndarray, labels: np.ndarray | None) -> None:
             raise DataError(f"labels: must be >= 0, found {labels.min()}")
 
 
-def content_hash(images: np.ndarray, labels: np.ndarray | None) -> str:
+def content_hash(images: np.ndarray, labels: np.ndarray | None, images_b: np.ndarray | None = None) -> str:
     """sha256 over shape, pixels and labels: equal data <=> equal hash, whatever the file layout."""
     h = hashlib.sha256()
     h.update(json.dumps({"shape": list(images.shape), "labels": labels is not None}).encode())
     h.update(np.ascontiguousarray(images).tobytes())
     if labels is not None:
         h.update(np.ascontiguousarray(labels).tobytes())
+    if images_b is not None:  # absent for one-domain data, so their hashes are unchanged
+        h.update(json.dumps({"shape_b": list(images_b.shape)}).encode())
+        h.update(np.ascontiguousarray(images_b).tobytes())
     return h.hexdigest()
 
 
 def write_prepared(out_dir: str | Path, images: np.ndarray, labels: np.ndarray | None, meta: dict,
-                   extras: Callable[[Path, dict], None] | None = None) -> dict:
+                   extras: Callable[[Path, dict], None] | None = None, images_b: np.ndarray | None = None) -> dict:
     """Validate and write a prepared dataset atomically: readers see the old folder or the new one.
-    `extras(tmp_dir, manifest)` adds derived files (backbone, reference stats) before the swap."""
+    `extras(tmp_dir, manifest)` adds derived files (backbone, reference stats) before the swap.
+    meta may set "kind" (paired, unpaired, superres); otherwise labelled or unconditional."""
     validate(images, labels)
+    if images_b is not None:
+        validate(images_b, None)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -105,12 +113,17 @@ def write_prepared(out_dir: str | Path, images: np.ndarray, labels: np.ndarray |
             files["labels.npy"] = file_sha256(tmp / "labels.npy")
             counts = np.bincount(labels)
             label_info = {"num_classes": int(len(counts)), "counts": [int(c) for c in counts]}
+        if images_b is not None:
+            np.save(tmp / "images_b.npy", images_b, allow_pickle=False)
+            files["images_b.npy"] = file_sha256(tmp / "images_b.npy")
         manifest = {
             "format": FORMAT, **meta,
-            "kind": "labelled" if labels is not None else "unconditional",
+            "kind": meta.get("kind") or ("labelled" if labels is not None else "unconditional"),
             "count": int(len(images)), "shape": list(images.shape[1:]), "dtype": "uint8",
-            "labels": label_info, "content_sha256": content_hash(images, labels), "files": files,
+            "labels": label_info, "content_sha256": content_hash(images, labels, images_b), "files": files,
         }
+        if images_b is not None:
+            manifest["count_b"] = int(len(images_b))
         write_json_atomic(tmp / "manifest.json", manifest)
         if extras is not None:
             extras(tmp, manifest)
@@ -141,7 +154,10 @@ def load_prepared(data_dir: str | Path, verify: bool = True) -> PreparedDataset:
     images = np.load(data_dir / "images.npy", allow_pickle=False)
     labels = np.load(data_dir / "labels.npy", allow_pickle=False) if "labels.npy" in manifest["files"] else None
     validate(images, labels)
-    return PreparedDataset(images, labels, manifest)
+    images_b = np.load(data_dir / "images_b.npy", allow_pickle=False) if "images_b.npy" in manifest["files"] else None
+    if images_b is not None:
+        validate(images_b, None)
+    return PreparedDataset(images, labels, manifest, images_b)
 
 
 def to_float(images_u8: torch.Tensor) -> torch.Tensor:

@@ -135,6 +135,16 @@ def test_training_selects_name_or_version_and_refuses_unknown_ones(tmp_path):
     r = ganpipe(ws, "run", "data.name=pets@v3", timeout=120)  # the same check guards the flow
     assert r.returncode == 2 and "has no version 'v3'" in r.stderr
 
+    pairs = image_folder(tmp_path / "pairs", n=8, classes=("a", "b"))  # a/0.png, b/1.png, ... no names shared
+    for i in range(4):
+        (pairs / "b" / f"{2 * i}.png").write_bytes(png(200 - i))  # now a/0 <-> b/0, a/2 <-> b/2, ...
+        (pairs / "b" / f"{2 * i + 1}.png").unlink()
+    out = add(s, "pairs", str(pairs), POLICY, kind="paired")
+    entry = catalog.load(ws)["datasets"]["pairs"]["versions"][out["version"]]
+    assert (entry["kind"], entry["domains"], entry["count"], entry["count_b"]) == ("paired", ["a", "b"], 4, 4)
+    with pytest.raises(ConfigError, match="pairs@v1 is a paired dataset; dcgan trains on"):
+        load_config(p, ["data.name=pairs", "data.resolution=8"], write=False)
+
 
 def test_fresh_clone_pulls_every_version_bit_for_bit_and_prepare_uses_it(tmp_path):
     ws = make_workspace(tmp_path)

@@ -187,3 +187,30 @@ def test_same_input_gives_the_same_arrays(tmp_path):
     a, b = read_local(src, SKIP), read_local(src, SKIP)
     assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
     assert class_order(["b", "a"]) == ["a", "b"]
+
+
+def test_paired_and_unpaired_domains(tmp_path):
+    files = {"photo/a.png": png(grey(10)), "photo/b.png": png(grey(20)), "photo/lonely.png": png(grey(30)),
+             "sketch/a.jpg": _jpeg(grey(110)), "sketch/b.png": png(grey(120))}
+    src = write_tree(tmp_path / "src", files)
+    paired = read_local(src, SKIP, kind="paired")
+    assert paired.kind == "paired" and paired.classes == ["photo", "sketch"]
+    assert paired.images[:, 0, 0, 0].tolist() == [10, 20] and paired.images_b.shape == (2, 1, 8, 8)
+    assert abs(int(paired.images_b[0, 0, 0, 0]) - 110) <= 2 and paired.images_b[1, 0, 0, 0] == 120  # a<->a, b<->b
+    assert [(p, r) for p, r, _ in paired.report.rejected] == [("photo/lonely", "no-pair")]
+    with pytest.raises(IngestError, match="no-pair"):
+        read_local(src, IngestPolicy(resolution=8, channels=1), kind="paired")
+    unpaired = read_local(src, SKIP, kind="unpaired")
+    assert unpaired.images.shape[0] == 3 and unpaired.images_b.shape[0] == 2 and unpaired.kind == "unpaired"
+    (src / "third").mkdir()
+    (src / "third" / "x.png").write_bytes(png(grey(1)))
+    with pytest.raises(IngestError, match="exactly two sub-folders"):
+        read_local(src, SKIP, kind="unpaired")
+    sr = read_local(src / "photo", SKIP, kind="superres")
+    assert sr.kind == "superres" and sr.labels is None
+
+
+def _jpeg(arr) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=95)
+    return buf.getvalue()

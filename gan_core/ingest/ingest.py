@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
 from typing import Iterable
 
 import numpy as np
@@ -15,12 +15,18 @@ from gan_core.ingest.readers import Entry, assign_labels, read_archive_entries, 
 from gan_core.ingest.report import IngestError, IngestReport, Rejected
 
 
+KINDS = ("auto", "unconditional", "labelled", "paired", "unpaired", "superres")
+
+
 @dataclass(frozen=True)
 class IngestResult:
-    images: np.ndarray  # (N, C, R, R) uint8
+    images: np.ndarray  # (N, C, R, R) uint8 (domain A of paired/unpaired data)
     labels: np.ndarray | None  # (N,) int64 indices into classes
-    classes: list[str] | None  # class names, index = label
+    classes: list[str] | None  # class names, index = label (the two domain names for paired/unpaired)
     report: IngestReport
+    keys: list[str | None] | None = None  # per image: path below its class/domain folder
+    images_b: np.ndarray | None = None  # (M, C, R, R) domain B
+    kind: str = ""  # unconditional | labelled | paired | unpaired | superres
 
 
 def class_order(names: Iterable[str]) -> list[str]:
@@ -44,6 +50,7 @@ def ingest(entries: Iterable[Entry], policy: IngestPolicy, source: str) -> Inges
     whole report in the message), so nothing half-checked is ever written."""
     report = IngestReport(source)
     kept: list[tuple[np.ndarray, str | None]] = []
+    keys: list[str | None] = []
     seen: dict[str, str] = {}
     for e in entries:
         try:
@@ -59,6 +66,7 @@ def ingest(entries: Iterable[Entry], policy: IngestPolicy, source: str) -> Inges
             continue
         report.converted.update(changes)
         kept.append((arr, e.label))
+        keys.append(e.key)
     report.accepted = len(kept)
     if report.rejected and policy.on_reject == "fail":
         raise IngestError(f"{len(report.rejected)} file(s) rejected (--policy fail; use --policy skip to leave "
@@ -68,31 +76,73 @@ def ingest(entries: Iterable[Entry], policy: IngestPolicy, source: str) -> Inges
     images = np.stack([a for a, _ in kept])
     names = [label for _, label in kept]
     if all(n is None for n in names):
-        return IngestResult(images, None, None, report)
+        return IngestResult(images, None, None, report, keys, kind="unconditional")
     classes = class_order(names)
     index = {c: i for i, c in enumerate(classes)}
-    return IngestResult(images, np.array([index[n] for n in names], dtype=np.int64), classes, report)
+    return IngestResult(images, np.array([index[n] for n in names], dtype=np.int64), classes, report, keys,
+                        kind="labelled")
+
+
+def split_domains(result: IngestResult, kind: str, policy: IngestPolicy) -> IngestResult:
+    """Two domain folders -> images (A) and images_b (B). Paired: files match by their path below
+    the domain folder, extension aside (A/x.jpg pairs with B/x.png); a file without a partner is
+    rejected as no-pair. Unpaired: the two sets as they are."""
+    if result.classes is None or len(result.classes) != 2:
+        raise IngestError(f"--kind {kind}: needs exactly two sub-folders, one per domain (e.g. A/ and B/); "
+                          f"found {result.classes or 'none'}")
+    a, b = result.labels == 0, result.labels == 1
+    report = result.report
+    if kind == "unpaired":
+        return IngestResult(result.images[a], None, result.classes, report, images_b=result.images[b], kind=kind)
+    stem = lambda k: str(PurePosixPath(k).with_suffix(""))  # noqa: E731
+    side = {0: {}, 1: {}}
+    for i, (label, key) in enumerate(zip(result.labels, result.keys)):
+        side[int(label)][stem(key)] = i
+    for d, other in ((0, 1), (1, 0)):
+        for k in sorted(set(side[d]) - set(side[other])):
+            report.reject(f"{result.classes[d]}/{k}", Rejected(
+                "no-pair", f"no file named {k}.* in {result.classes[other]}/"))
+    common = sorted(set(side[0]) & set(side[1]))
+    report.accepted = 2 * len(common)
+    if report.rejected and policy.on_reject == "fail":
+        raise IngestError(f"{len(report.rejected)} file(s) rejected (--policy fail; use --policy skip to leave "
+                          f"them out):\n{report.summary()}")
+    if not common:
+        raise IngestError(f"--kind paired: no file names shared by {result.classes[0]}/ and {result.classes[1]}/")
+    return IngestResult(result.images[[side[0][k] for k in common]], None, result.classes, report,
+                        images_b=result.images[[side[1][k] for k in common]], kind=kind)
 
 
 def read_local(source: Path, policy: IngestPolicy, kind: str = "auto",
                limits: ArchiveLimits = ArchiveLimits()) -> IngestResult:
-    """A local folder, archive, .npz or IDX file, ingested under the policy."""
+    """A local folder, archive, .npz or IDX file, ingested under the policy. kind: see KINDS;
+    paired/unpaired read two domain sub-folders, superres is unconditional high-resolution images."""
     source = Path(source)
+    if kind not in KINDS:
+        raise IngestError(f"--kind: must be one of {KINDS}, got {kind!r}")
     if not source.exists():
         raise IngestError(f"{source}: no such file or folder")
+    if kind in ("paired", "unpaired"):
+        if not (source.is_dir() or is_archive(source)):
+            raise IngestError(f"{source}: --kind {kind} reads a folder or archive with two domain sub-folders")
+        read = read_folder(source, policy.max_file_bytes) if source.is_dir() else read_archive_entries(source, limits)
+        entries = assign_labels(list(read), "labelled")
+        return split_domains(ingest(entries, policy, str(source)), kind, policy)
+    base = "unconditional" if kind == "superres" else kind
     name = source.name.lower()
     if source.is_dir():
-        entries = assign_labels(list(read_folder(source, policy.max_file_bytes)), kind)
+        entries = assign_labels(list(read_folder(source, policy.max_file_bytes)), base)
     elif name.endswith(".npz"):
         entries = list(read_npz(source))
     elif "idx3" in name or name.endswith((".idx", ".idx.gz")):
         entries = list(read_idx_source(source))
     elif is_archive(source):
-        entries = assign_labels(list(read_archive_entries(source, limits)), kind)
+        entries = assign_labels(list(read_archive_entries(source, limits)), base)
     else:
         raise IngestError(f"{source}: not a folder, .zip, .tar(.gz), .npz or IDX file")
-    if kind == "unconditional":
+    if base == "unconditional":
         entries = [Entry(e.path, e.data, e.image, e.rejected, None) for e in entries]
-    elif kind == "labelled" and entries and all(e.label is None for e in entries):
+    elif base == "labelled" and entries and all(e.label is None for e in entries):
         raise IngestError(f"{source}: --kind labelled, but the source has no labels")
-    return ingest(entries, policy, str(source))
+    result = ingest(entries, policy, str(source))
+    return replace(result, kind="superres") if kind == "superres" else result

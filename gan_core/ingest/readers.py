@@ -29,6 +29,7 @@ class Entry:
     image: Image.Image | None = None  # an already decoded image (npz, IDX)
     rejected: Rejected | None = None
     label: str | None = None  # class name (folder name, or the label value as text)
+    key: str | None = None  # path below the class/domain folder (pairs match on it)
 
 
 def skipped(rel: str) -> bool:
@@ -50,7 +51,8 @@ def assign_labels(entries: list[Entry], kind: str) -> list[Entry]:
     for e, parts in zip(entries, paths):
         if len(parts) < 2 and e.rejected is None:
             e = Entry(e.path, rejected=Rejected("no-label", "file at the top level, outside every class folder"))
-        out.append(Entry(e.path, e.data, e.image, e.rejected, parts[0] if len(parts) >= 2 else None))
+        out.append(Entry(e.path, e.data, e.image, e.rejected, parts[0] if len(parts) >= 2 else None,
+                         "/".join(parts[1:]) if len(parts) >= 2 else None))
     return out
 
 

@@ -20,6 +20,7 @@ REASONS = {
     "compression-ratio": "archive member expands more than the ratio limit",
     "too-large": "file larger than the per-file limit",
     "no-label": "file outside the class sub-folders of a labelled dataset",
+    "no-pair": "paired dataset: no file of the same name in the other domain's folder",
 }
 
 
