@@ -27,7 +27,7 @@ import numpy as np
 from gan_core.config import ConfigError
 from gan_core.ingest.archive import safe_name
 from gan_core.ingest.report import IngestError, Rejected
-from gan_core.synthetic import SYNTHETIC
+from gan_core.synthetic import CLASS_NAMES, SYNTHETIC
 
 RawData = tuple[np.ndarray, "np.ndarray | None"]
 
@@ -173,7 +173,8 @@ class Fetched:
 
 def fetch(source: str, workdir: Path) -> Fetched:
     if source in BUILTIN:
-        return Fetched(arrays=BUILTIN[source]())
+        names = CLASS_NAMES.get(source.removeprefix("synthetic-")) if source.startswith("synthetic-") else None
+        return Fetched(arrays=BUILTIN[source](), class_names=names)
     if source in DOWNLOADS:
         folder = download(source)
         if source == "cifar10":

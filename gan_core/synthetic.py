@@ -55,3 +55,7 @@ def shapes(n: int = 1024, res: int = 16, seed: int = 0) -> tuple[np.ndarray, np.
 
 
 SYNTHETIC = {"blobs": blobs, "shapes": shapes}
+CLASS_NAMES = {  # label index -> name, so catalogued versions carry readable classes
+    "blobs": ("top-left", "top-right", "bottom-left", "bottom-right"),
+    "shapes": tuple(f"{colour}-{shape}" for colour in COLOURS for shape in SHAPES),
+}
