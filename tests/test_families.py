@@ -105,6 +105,8 @@ def test_family_defaults_apply_where_params_are_silent_and_yield_to_explicit_val
         ("wasserstein", "rmsprop", 5, 0.01, 5e-5)
     gp = PipelineConfig.from_dict({"model": {"arch": "wgan_gp"}, "train": {"n_critic": 3}})
     assert (gp.train.gp_lambda, gp.train.beta1, gp.train.beta2, gp.train.n_critic) == (10.0, 0.0, 0.9, 3)
+    big = PipelineConfig.from_dict({"model": {"arch": "biggan"}})
+    assert (big.model.loss, big.model.g_channels, big.train.ortho_reg, big.train.beta1) == ("hinge", 32, 1e-4, 0.0)
     dc = PipelineConfig.from_dict({"model": {"arch": "dcgan"}})
     assert (dc.model.loss, dc.train.optimizer, dc.train.n_critic, dc.train.lr_g) == ("nonsat", "adam", 1, 2e-4)
     assert PipelineConfig.from_dict(wgan.to_dict()) == wgan  # resolved values round-trip (checkpoints)
