@@ -150,4 +150,4 @@ def test_bad_parameters_are_rejected_before_any_work(tmp_path):
         r = ganpipe(ws, "run", *args, timeout=120)
         assert r.returncode != 0 and field in r.stderr, (args, r.stderr[-2000:])
     assert (ws / "params.yaml").read_text() == before
-    assert not (ws / ".ganpipe" / "mlflow.db").exists() and not (ws / "data").exists()
+    assert not (ws / ".ganpipe" / "mlflow.db").exists() and not (ws / "data" / "prepared").exists()
