@@ -297,7 +297,7 @@ def dataset_show(spec: str = typer.Argument(..., help="NAME or NAME@VERSION"),
     try:
         out = show(s, m["name"], None if m["version"] in (None, "latest") else m["version"], grid)
     except ConfigError as e:
-        _fail(str(e))
+        _fail(f"{spec}: {e.reason}")
     typer.echo(json.dumps(out, indent=2, sort_keys=True))
 
 
