@@ -22,7 +22,7 @@ from flows import catalog, versioning
 from flows.settings import Settings
 from flows.sources import fetch, workdir
 from gan_core.config import NAME_RE, ConfigError
-from gan_core.data import load_manifest, load_prepared, write_prepared
+from gan_core.data import content_hash, load_manifest, load_prepared, write_prepared
 from gan_core.files import write_json_atomic
 from gan_core.ingest.ingest import KINDS, IngestResult, ingest, read_local
 from gan_core.ingest.policy import IngestPolicy
@@ -53,8 +53,6 @@ def add(settings: Settings, name: str, source: str, policy: IngestPolicy, kind: 
     ws = settings.workspace
     with catalog.locked(ws):
         data = catalog.load(ws)
-        from gan_core.data import content_hash
-
         sha = content_hash(result.images, result.labels, result.images_b)
         existing = catalog.find_content(data, name, sha)
         if existing:

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from flows import catalog
-from flows.datasets import add, listing, show
+from flows.datasets import add, listing, restore, show
 from flows.params import load_config
 from flows.settings import load_settings
 from gan_core.config import ConfigError
@@ -209,7 +209,7 @@ def test_s3_source_and_s3_remote(tmp_path, s3, monkeypatch):
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", str(ws), str(clone))
     cs = settings_for(clone, GANPIPE_DVC_REMOTE="s3store", GANPIPE_DVC_REMOTE_URL="s3://dvc/store")
-    version, folder, _ = __import__("flows.datasets", fromlist=["restore"]).restore(cs, "pets", None)
+    version, folder, _ = restore(cs, "pets", None)
     assert version == "v1"
     for f in (ws / "data/datasets/pets/v1").rglob("*"):
         if f.is_file():
