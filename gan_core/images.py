@@ -11,6 +11,9 @@ from PIL import Image, PngImagePlugin
 
 from gan_core.data import to_uint8
 from gan_core.files import write_bytes_atomic
+from gan_core.ingest.decode import load_pixels, open_checked, to_target_mode
+from gan_core.ingest.policy import IngestPolicy
+from gan_core.ingest.report import Rejected
 
 
 def make_grid(images: torch.Tensor, nrow: int, pad: int = 1, scale: int = 4) -> np.ndarray:
@@ -51,7 +54,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 def read_folder(folder: str | Path, channels: int) -> torch.Tensor:
     """All images of a folder (sorted by name) as (N, channels, H, W) float in [-1, 1].
-    Every image must decode completely and share one size; errors name the file."""
+    Every image passes the same checks as `ganpipe dataset add` (gan_core.ingest.decode) and all
+    must share one size (no resizing: evaluation compares images as they are); errors name the file."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a folder of images")
@@ -59,13 +63,13 @@ def read_folder(folder: str | Path, channels: int) -> torch.Tensor:
     if not paths:
         raise ValueError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
     arrays, size = [], None
+    policy = IngestPolicy(channels=channels)  # the dataset checks: format allow-list, bomb limit, modes
     for p in paths:
         try:
-            with Image.open(p) as im:
-                im.load()  # decode now: a truncated file fails here, not later
-                arr = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
-        except (OSError, Image.DecompressionBombError) as e:
-            raise ValueError(f"{p}: cannot be read as an image ({e})") from e
+            im, _ = to_target_mode(load_pixels(open_checked(p.read_bytes(), policy)), policy)
+        except Rejected as r:
+            raise ValueError(f"{p}: cannot be read as an image ({r.reason}: {r.detail})") from None
+        arr = np.asarray(im, dtype=np.uint8)
         if size is None:
             size = arr.shape[:2]
         elif arr.shape[:2] != size:
