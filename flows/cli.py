@@ -2,6 +2,7 @@
 before any of Prefect, MLflow or Ray is imported, so imports stay inside the commands."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -17,6 +18,9 @@ models_app = typer.Typer(no_args_is_help=True, help="Registered models.")
 app.add_typer(models_app, name="models")
 dataset_app = typer.Typer(no_args_is_help=True, help="Datasets: add (validated, DVC-versioned, catalogued), list, show.")
 app.add_typer(dataset_app, name="dataset")
+services_app = typer.Typer(no_args_is_help=True, help="The real service stack on 127.0.0.1: Prefect server, MLflow "
+                                                      "server, S3-compatible store, Ray head + worker.")
+app.add_typer(services_app, name="services")
 STAGES = ("prepare", "train", "evaluate", "register")
 
 
@@ -160,7 +164,6 @@ def evaluate(
 ):
     """FID, KID, IS and precision/recall of a model against a dataset's reference statistics, or of
     one image folder against another, with the evaluator fingerprint the numbers hold under."""
-    import json
 
     s = _settings()
     from flows.params import load_config
@@ -215,6 +218,72 @@ def models_list(name: Optional[str] = typer.Argument(None, help="registered mode
             typer.echo(f" {mark} v{v.version:<4} {t.get('eval.metric', '?')}={float(t.get('eval.fid', 'nan')):9.4f} "
                        f"fp={t.get('eval.fingerprint_id', '?')} data={t.get('dataset.content_sha256', '?')[:12]} "
                        f"steps={t.get('checkpoint.step', '?')} {t.get('promotion.decision', '')}")
+
+
+@models_app.command("compare")
+def models_compare(name: Optional[str] = typer.Argument(None, help="registered model name (default: all)"),
+                   chart: Path = typer.Option(Path("reports/compare.png"), help="where to write the PNG chart")):
+    """Versions side by side: FID + fingerprint, dataset version, arch, key params, steps, images/s,
+    champion; plus a PNG chart of FID (and throughput) per version."""
+    s = _settings()
+    from flows.compare import collect, render_table, write_chart
+    from flows.tracking import client
+
+    try:
+        rows = collect(client(s.mlflow_uri), name)
+    except ValueError as e:
+        _fail(f"models compare: {e}")
+    typer.echo(render_table(rows))
+    if rows:
+        out = write_chart(rows, chart if chart.is_absolute() else s.workspace / chart)
+        typer.echo(f"chart: {out}")
+
+
+def _services_config():
+    from infra.config import ServicesConfig
+
+    try:
+        s = load_settings()
+        return ServicesConfig.from_env(s.home)
+    except (SettingsError, ValueError) as e:
+        _fail(f"services: {e}")
+
+
+@services_app.command("up")
+def services_up():
+    """Start (or keep) every service, each health-checked; write GANPIPE_HOME/services/ganpipe.env."""
+    from infra.process import ServiceError
+    from infra.services import up
+
+    cfg = _services_config()
+    try:
+        env_file = up(cfg, typer.echo)
+    except ServiceError as e:
+        _fail(f"services up: {e}")
+    typer.echo(f"\nsettings: {env_file}\nuse them:  export GANPIPE_ENV_FILE={env_file}")
+
+
+@services_app.command("down")
+def services_down():
+    """Stop every service (SIGTERM to its process group, SIGKILL after a grace period)."""
+    from infra.services import down
+
+    down(_services_config(), typer.echo)
+
+
+@services_app.command("status")
+def services_status(json_out: bool = typer.Option(False, "--json", help="machine-readable")):
+    """Each service: healthy | unhealthy | stopped, with pid, endpoint and log. Exit 1 unless all healthy."""
+    from infra.services import status
+
+    rows = status(_services_config())
+    if json_out:
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            typer.echo(f"{r['name']:<11} {r['state']:<9} pid={r['pid'] or '-':<8} {r['endpoint']}  log {r['log']}")
+    if not all(r["state"] == "healthy" for r in rows):
+        raise typer.Exit(1)
 
 
 @dataset_app.command("add")
@@ -285,7 +354,6 @@ def dataset_list():
 def dataset_show(spec: str = typer.Argument(..., help="NAME or NAME@VERSION"),
                  grid: Path = typer.Option(Path("dataset.png"), help="where to write a sample grid PNG")):
     """Statistics of one dataset version (restored with dvc pull if needed) and a sample grid."""
-    import json
 
     s = _settings()
     from flows.datasets import show

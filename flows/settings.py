@@ -9,7 +9,7 @@ defaults to real services without code changes.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -25,14 +25,12 @@ class Settings:
     ray_address: str | None  # None: start a local Ray instance for the run
     dvc_remote: str  # name of the DVC remote to push to
     dvc_remote_url: str | None  # configured in .dvc/config.local when set: a folder, or s3://bucket/prefix
+    ray_storage: str  # Ray Train run storage: a folder, or s3://bucket/prefix so any node can resume
+    from_file: dict[str, str] = field(default_factory=dict)  # GANPIPE_ENV_FILE values the environment lacked
 
     @property
     def params_file(self) -> Path:
         return self.workspace / "params.yaml"
-
-    @property
-    def ray_storage(self) -> Path:
-        return self.home / "ray_results"
 
     @property
     def mlflow_artifacts(self) -> Path:
@@ -58,8 +56,33 @@ def find_workspace(start: Path) -> Path:
                         "run ganpipe from the project folder or set GANPIPE_WORKSPACE")
 
 
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines as written by `ganpipe services up` (shell-quoted values, # comments)."""
+    import shlex
+
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SettingsError(f"GANPIPE_ENV_FILE: cannot read {path}: {e.strerror}") from e
+    out = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, raw = line.removeprefix("export ").partition("=")
+        if not sep or not key.replace("_", "").isalnum():
+            raise SettingsError(f"{path}:{n}: expected KEY=VALUE")
+        words = shlex.split(raw) if raw else [""]
+        out[key.strip()] = words[0] if words else ""
+    return out
+
+
 def load_settings(env: dict[str, str] | None = None) -> Settings:
     env = dict(os.environ if env is None else env)
+    # the services profile: a file of settings; anything set in the environment itself wins
+    from_file = {k: v for k, v in read_env_file(Path(env["GANPIPE_ENV_FILE"])).items() if k not in env} \
+        if env.get("GANPIPE_ENV_FILE") else {}
+    env.update(from_file)
     ws = Path(env["GANPIPE_WORKSPACE"]).resolve() if env.get("GANPIPE_WORKSPACE") else find_workspace(Path.cwd())
     home = Path(env.get("GANPIPE_HOME") or ws / ".ganpipe").resolve()
     remote = env.get("GANPIPE_DVC_REMOTE", "ganpipe-local")
@@ -73,6 +96,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         ray_address=env.get("RAY_ADDRESS") or None,
         dvc_remote=remote,
         dvc_remote_url=remote_url,
+        ray_storage=env.get("GANPIPE_RAY_STORAGE") or str(home / "ray_results"),
+        from_file=from_file,
     )
 
 
@@ -80,6 +105,8 @@ def configure_environment(s: Settings) -> None:
     """Set the variables Prefect, MLflow and Ray read at import/start. Must run before they are imported.
     Values the user set win (setdefault), except the Prefect home, which follows GANPIPE_HOME."""
     s.home.mkdir(parents=True, exist_ok=True)
+    for k, v in s.from_file.items():  # boto3, DVC, MLflow and Prefect read these from the environment
+        os.environ.setdefault(k, v)
     os.environ["GANPIPE_WORKSPACE"] = str(s.workspace)
     os.environ["GANPIPE_HOME"] = str(s.home)
     os.environ.setdefault("PREFECT_HOME", str(s.home / "prefect"))

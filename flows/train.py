@@ -19,7 +19,7 @@ from flows.settings import Settings
 from gan_core.checkpoint import (gather_rng_states, load_checkpoint, restore, save_checkpoint,
                                  to_checkpoint)
 from gan_core.config import PipelineConfig
-from gan_core.data import ShardedBatches, load_prepared
+from gan_core.data import ShardedBatches, load_manifest, load_prepared
 from gan_core.files import replace_dir
 from gan_core.train import Callback, TrainState, batch_position, build_state, distribute, train
 
@@ -71,6 +71,48 @@ class RayCheckpoints(Callback):
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
+def ship_dataset(data_dir: Path):
+    """On a cluster, workers may run on machines without the workspace: the prepared folder (a few
+    files, hash-checked on arrival) travels through Ray's object store instead."""
+    import ray
+
+    return ray.put({str(f.relative_to(data_dir)): f.read_bytes() for f in sorted(data_dir.rglob("*")) if f.is_file()})
+
+
+def local_dataset(config: dict) -> Path:
+    """The prepared folder on this node: the workspace's own when it is here (same machine or
+    shared storage), else the shipped copy written once per content hash under the temp dir."""
+    here, sha = Path(config["data_dir"]), config["data_sha256"]
+    if (here / "manifest.json").is_file() and load_manifest(here)["content_sha256"] == sha:
+        return here
+    if config.get("data_ref") is None:
+        raise TrainingError(f"{here}: not on this node and no shipped copy (dataset {sha[:12]})")
+    import ray
+
+    dest = Path(tempfile.gettempdir()) / "ganpipe-data" / sha
+    if not (dest / "manifest.json").is_file():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{sha[:12]}.", dir=dest.parent))
+        for rel, blob in ray.get(config["data_ref"]).items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_bytes(blob)
+        replace_dir(tmp, dest)
+    return dest  # load_prepared verifies every file against the manifest
+
+
+def node_ids(world: int) -> list[str]:
+    """The Ray node of every rank (a collective): proof of where training ran, tagged on the run."""
+    import ray
+    import torch.distributed as dist
+
+    me = ray.get_runtime_context().get_node_id()
+    if world == 1:
+        return [me]
+    out: list = [None] * world
+    dist.all_gather_object(out, me)
+    return out
+
+
 def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
@@ -83,7 +125,9 @@ def train_loop_per_worker(config: dict) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL collectives (the RNG gather) use the current device
 
-    data = load_prepared(config["data_dir"])
+    data_dir = local_dataset(config)
+    data = load_prepared(data_dir)
+    nodes = node_ids(world)
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     state = build_state(cfg, device, data.num_classes)
     torch.manual_seed(cfg.train.seed * 1_000_003 + rank + 1)  # then a distinct latent stream per rank
@@ -105,11 +149,11 @@ def train_loop_per_worker(config: dict) -> None:
     if config.get("fault_at"):
         callbacks.insert(0, FaultAt(config["fault_at"], rank, config["fault_marker"]))
     if rank == 0 and config.get("mlflow_run_id"):
-        from flows.tracking import MlflowMetrics, mlflow_monitor
+        from flows.tracking import MlflowMetrics, client, mlflow_monitor
 
+        client(config["mlflow_uri"]).set_tag(config["mlflow_run_id"], "ray.node_ids", ",".join(nodes))
         callbacks.append(MlflowMetrics(config["mlflow_uri"], config["mlflow_run_id"]))
-        monitor = mlflow_monitor(cfg, Path(config["data_dir"]), data.manifest, config["mlflow_uri"],
-                                 config["mlflow_run_id"])
+        monitor = mlflow_monitor(cfg, data_dir, data.manifest, config["mlflow_uri"], config["mlflow_run_id"])
         if monitor is not None:
             callbacks.append(monitor)
     train(state, batches.from_step(batch_position(state.step, cfg.train)), cfg, callbacks)
@@ -123,6 +167,22 @@ def _cpus_per_worker(cfg: PipelineConfig) -> int:
     if cfg.train.use_gpu:
         return 1
     return max(1, int(ray.cluster_resources().get("CPU", 1)) // cfg.train.num_workers)
+
+
+def run_storage(uri: str):
+    """Ray Train's (storage_path, storage_filesystem) for a folder or s3://bucket/prefix. The S3
+    filesystem carries only the endpoint: each node reads credentials from its own environment,
+    so no secret travels with the run."""
+    if not uri.startswith("s3://"):
+        return uri, None
+    from urllib.parse import urlparse
+
+    import pyarrow.fs
+
+    endpoint = urlparse(os.environ.get("AWS_ENDPOINT_URL", ""))
+    kw = {"endpoint_override": endpoint.netloc, "scheme": endpoint.scheme or "https"} if endpoint.netloc else {}
+    fs = pyarrow.fs.S3FileSystem(region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"), **kw)
+    return uri.removeprefix("s3://").rstrip("/"), fs
 
 
 def run_training(settings: Settings, cfg: PipelineConfig, data_dir: str, run_name: str,
@@ -144,16 +204,19 @@ def run_training(settings: Settings, cfg: PipelineConfig, data_dir: str, run_nam
         started = True
     try:
         cpus = _cpus_per_worker(cfg)
+        storage_path, storage_fs = run_storage(settings.ray_storage)
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"pipeline": cfg.to_dict(), "data_dir": data_dir, "threads": cpus, "meta": meta,
+                               "data_sha256": load_manifest(data_dir)["content_sha256"],
+                               "data_ref": ship_dataset(Path(data_dir)) if settings.ray_address else None,
                                "mlflow_uri": settings.mlflow_uri, "mlflow_run_id": mlflow_run_id,
                                "fault_at": os.environ.get("GANPIPE_FAULT_AT", ""),
                                "fault_marker": str(settings.home / "faults" / f"{run_name}.fired")},
             scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                          resources_per_worker=None if cfg.train.use_gpu else {"CPU": cpus}),
             torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
-            run_config=RunConfig(name=run_name, storage_path=str(settings.ray_storage),
+            run_config=RunConfig(name=run_name, storage_path=storage_path, storage_filesystem=storage_fs,
                                  failure_config=FailureConfig(max_failures=cfg.train.max_failures),
                                  checkpoint_config=CheckpointConfig(num_to_keep=2)),
         )
@@ -211,7 +274,6 @@ def train_stage(settings: Settings, cfg: PipelineConfig, lineage: dict) -> dict:
 
     from flows import versioning
     from flows.tracking import client, experiment_id, model_name, start_run
-    from gan_core.data import load_manifest
 
     prepared = settings.prepared_dir(cfg.data.name)
     manifest = load_manifest(prepared)

@@ -1,6 +1,7 @@
 """Ray Train for real: 2 workers, DDP over G and D, checkpoints via ray.train.report, and a
 worker failure that FailureConfig recovers from the last checkpoint."""
 import os
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.slow
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("ray")
     s = Settings(workspace=root, home=root / "home", mlflow_uri=f"sqlite:///{root}/m.db", ray_address=None,
-                 dvc_remote="none", dvc_remote_url=None)
+                 dvc_remote="none", dvc_remote_url=None, ray_storage=str(root / "home" / "ray_results"))
     configure_environment(s)
     cfg = tiny_config(data={"resolution": 8}, train={"steps": 20, "batch_size": 16, "num_workers": 2,
                                                      "log_every": 5, "checkpoint_every": 10})
@@ -41,7 +42,7 @@ def test_two_workers_train_with_ddp_and_report_checkpoints(setup):
     assert not (ckpt["rng"][0]["torch"] == ckpt["rng"][1]["torch"]).all()  # distinct latent streams
     assert ckpt["meta"]["dataset_sha256"] == data["content_sha256"]
     assert ckpt["config"]["train"]["num_workers"] == 2
-    run_dir = s.ray_storage / "two-workers"
+    run_dir = Path(s.ray_storage) / "two-workers"
     assert len([p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith("checkpoint_")]) == 2  # steps 10 and 20
 
 

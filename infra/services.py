@@ -1,0 +1,224 @@
+"""`ganpipe services up|down|status`: the real service stack on 127.0.0.1.
+
+Five server processes, each with its log and pid under GANPIPE_HOME/services/:
+  s3          moto's S3-compatible server (in memory) with the pipeline's bucket; skipped when
+              GANPIPE_S3_ENDPOINT names an existing store (MinIO, S3)
+  mlflow      MLflow tracking server + registry (SQLite, or GANPIPE_MLFLOW_BACKEND_URI), artifacts proxied
+              to s3://<bucket>/mlflow
+  prefect     Prefect server: API + UI
+  ray-head    Ray head node (GCS, dashboard, client server)
+  ray-worker  a second Ray node joining the head: two raylets, so training spans nodes as on a cluster
+`up` writes services/ganpipe.env, which the pipeline reads through GANPIPE_ENV_FILE: switching from
+the embedded defaults to these services is configuration only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from infra.config import ServicesConfig
+from infra.process import ServiceError, http_ok, pid_of, start, stop, wait_healthy
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    health: Callable[[], bool]
+    endpoint: str
+    timeout_s: float = 120.0
+
+
+def credentials(cfg: ServicesConfig) -> dict[str, str]:
+    """S3 credentials for the local store: generated once per GANPIPE_HOME (never a shipped default)
+    and kept in a 0600 file; an external store uses the caller's own AWS credentials."""
+    if cfg.s3_endpoint:
+        return {k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if k in os.environ}
+    f = cfg.root / "credentials.json"
+    if not f.exists():
+        cfg.root.mkdir(parents=True, exist_ok=True)
+        creds = {"AWS_ACCESS_KEY_ID": "ganpipe-" + secrets.token_hex(6),
+                 "AWS_SECRET_ACCESS_KEY": secrets.token_urlsafe(30)}
+        fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(creds, out)
+    return json.loads(f.read_text())
+
+
+def pipeline_env(cfg: ServicesConfig) -> dict[str, str]:
+    """What the pipeline (and DVC, boto3, Ray's S3 storage) needs to use the services."""
+    return {
+        "PREFECT_API_URL": f"http://127.0.0.1:{cfg.prefect_port}/api",
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{cfg.mlflow_port}",
+        "RAY_ADDRESS": f"127.0.0.1:{cfg.ray_port}",
+        "AWS_ENDPOINT_URL": cfg.endpoint,
+        "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+        **credentials(cfg),
+        "GANPIPE_DVC_REMOTE": "ganpipe-s3",
+        "GANPIPE_DVC_REMOTE_URL": f"s3://{cfg.bucket}/dvc",
+        "GANPIPE_RAY_STORAGE": f"s3://{cfg.bucket}/ray",
+    }
+
+
+def _base_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "RAY_"))}
+    env.update({"PYTHONUNBUFFERED": "1", "DO_NOT_TRACK": "1", "RAY_USAGE_STATS_ENABLED": "0",
+                "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"})
+    return env
+
+
+def _s3_env(cfg: ServicesConfig) -> dict[str, str]:
+    return {"AWS_ENDPOINT_URL": cfg.endpoint, "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+            **credentials(cfg)}
+
+
+def _ray_nodes_alive(cfg: ServicesConfig, want: int) -> bool:
+    """The dashboard's State API lists nodes; healthy means `want` of them alive."""
+    import urllib.request
+
+    url = f"http://127.0.0.1:{cfg.ray_dashboard_port}/api/v0/nodes?limit=100"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:
+            nodes = json.load(r)["data"]["result"]["result"]
+    except (OSError, KeyError, ValueError):
+        return False
+    return sum(n.get("state") == "ALIVE" for n in nodes) >= want
+
+
+def _bucket_ready(cfg: ServicesConfig) -> bool:
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    env = _s3_env(cfg)
+    s3 = boto3.client("s3", endpoint_url=cfg.endpoint, region_name=env["AWS_DEFAULT_REGION"],
+                      aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"),
+                      aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
+                      config=Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1}))
+    try:
+        s3.head_bucket(Bucket=cfg.bucket)
+        return True
+    except ClientError:
+        try:
+            s3.create_bucket(Bucket=cfg.bucket)  # idempotent first start
+            return True
+        except (ClientError, BotoCoreError):
+            return False
+    except BotoCoreError:
+        return False
+
+
+def plan(cfg: ServicesConfig) -> list[Service]:
+    """The services in start order (stopped in reverse)."""
+    base, root = _base_env(), cfg.root
+    out: list[Service] = []
+    if not cfg.s3_endpoint:
+        out.append(Service("s3", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(cfg.s3_port)],
+                           base, lambda: _bucket_ready(cfg), cfg.endpoint, 30))
+    out.append(Service(
+        "mlflow",
+        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(cfg.mlflow_port),
+         "--backend-store-uri", cfg.backend_uri, "--artifacts-destination", f"s3://{cfg.bucket}/mlflow",
+         "--serve-artifacts", "--workers", "1"],
+        # job execution off: it forks ~8 worker processes (~2 GB) the pipeline never uses
+        {**base, **_s3_env(cfg), "MLFLOW_S3_ENDPOINT_URL": cfg.endpoint,
+         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"},
+        lambda: http_ok(f"http://127.0.0.1:{cfg.mlflow_port}/health"), f"http://127.0.0.1:{cfg.mlflow_port}"))
+    out.append(Service(
+        "prefect",
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(cfg.prefect_port)],
+        {**base, "PREFECT_HOME": str(root / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
+        lambda: http_ok(f"http://127.0.0.1:{cfg.prefect_port}/api/health"), f"http://127.0.0.1:{cfg.prefect_port}"))
+    # Ray nodes carry the S3 settings in their environment, so workers write checkpoints to the
+    # bucket without credentials ever travelling in a runtime_env or a pickled filesystem
+    ray_env = {**base, **_s3_env(cfg), "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
+    common = ["--node-ip-address", "127.0.0.1", "--num-cpus", str(cfg.ray_node_cpus), "--block",
+              "--disable-usage-stats"]
+    out.append(Service(
+        "ray-head",
+        [str(BIN / "ray"), "start", "--head", "--port", str(cfg.ray_port), "--dashboard-host", "127.0.0.1",
+         "--dashboard-port", str(cfg.ray_dashboard_port), "--ray-client-server-port", str(cfg.ray_client_port),
+         *common],
+        ray_env, lambda: _ray_nodes_alive(cfg, 1), f"127.0.0.1:{cfg.ray_port} (dashboard "
+                                                   f"http://127.0.0.1:{cfg.ray_dashboard_port})"))
+    out.append(Service(
+        "ray-worker", [str(BIN / "ray"), "start", "--address", f"127.0.0.1:{cfg.ray_port}", *common],
+        ray_env, lambda: _ray_nodes_alive(cfg, 2), "joins the head"))
+    return out
+
+
+def _files(cfg: ServicesConfig, name: str) -> tuple[Path, Path]:
+    return cfg.root / f"{name}.log", cfg.root / f"{name}.pid"
+
+
+def write_env_file(cfg: ServicesConfig) -> Path:
+    """KEY=VALUE lines (`set -a; . file` works too), 0600 because it holds the S3 credentials."""
+    lines = ["# written by `ganpipe services up`; point GANPIPE_ENV_FILE here to use the services"]
+    lines += [f"{k}={shlex.quote(v)}" for k, v in pipeline_env(cfg).items()]
+    tmp = cfg.env_file.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write("\n".join(lines) + "\n")
+    os.replace(tmp, cfg.env_file)
+    return cfg.env_file
+
+
+def up(cfg: ServicesConfig, echo: Callable[[str], None]) -> Path:
+    """Start whatever is not running, in order, each health-checked before the next. If one fails,
+    the ones this call started are stopped again, so a failed `up` leaves nothing half-running."""
+    cfg.root.mkdir(parents=True, exist_ok=True)
+    started: list[Service] = []
+    try:
+        for svc in plan(cfg):
+            log, pid_file = _files(cfg, svc.name)
+            if pid_of(pid_file) is not None and svc.health():
+                echo(f"{svc.name:<11} already running  {svc.endpoint}")
+                continue
+            stop(pid_file)  # a stale or unhealthy instance
+            start(svc.argv, svc.env, log, pid_file, cfg.root)
+            started.append(svc)
+            took = wait_healthy(svc.name, svc.health, pid_file, log, svc.timeout_s)
+            echo(f"{svc.name:<11} healthy in {took:4.1f} s  {svc.endpoint}  (log {log})")
+    except BaseException:
+        for svc in reversed(started):
+            stop(_files(cfg, svc.name)[1])
+        raise
+    return write_env_file(cfg)
+
+
+def down(cfg: ServicesConfig, echo: Callable[[str], None]) -> None:
+    for svc in reversed(plan(cfg)):
+        stopped = stop(_files(cfg, svc.name)[1])
+        echo(f"{svc.name:<11} {'stopped' if stopped else 'not running'}")
+    if not cfg.s3_endpoint:
+        echo("note: the local S3 store (moto) keeps objects in memory: the bucket's contents are gone; "
+             "set GANPIPE_S3_ENDPOINT to a persistent store (MinIO, S3) to keep artifacts across restarts")
+
+
+def status(cfg: ServicesConfig) -> list[dict]:
+    rows = []
+    for svc in plan(cfg):
+        log, pid_file = _files(cfg, svc.name)
+        pid = pid_of(pid_file)
+        state = "stopped" if pid is None else ("healthy" if svc.health() else "unhealthy")
+        rows.append({"name": svc.name, "state": state, "pid": pid, "endpoint": svc.endpoint, "log": str(log)})
+    return rows
+
+
+def wait_all_healthy(cfg: ServicesConfig, timeout_s: float = 60) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if all(r["state"] == "healthy" for r in status(cfg)):
+            return
+        time.sleep(1)
+    raise ServiceError(f"services not all healthy: {status(cfg)}")
