@@ -5,7 +5,6 @@ is DVC-tracked and pushed; so an entry always points at data `dvc pull` can rest
 """
 from __future__ import annotations
 
-import fcntl
 import re
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Iterator
 
 import yaml
 
+from flows.locks import file_lock
 from gan_core.config import ConfigError
 from gan_core.files import write_text_atomic
 
@@ -45,14 +45,8 @@ def save(workspace: Path, data: dict) -> None:
 @contextmanager
 def locked(workspace: Path) -> Iterator[None]:
     """One writer at a time (two adds would both pick the same next version)."""
-    lock = workspace / "data" / ".catalog.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with file_lock(workspace / "data" / ".catalog.lock"):
+        yield
 
 
 def versions(data: dict, name: str) -> dict:

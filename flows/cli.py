@@ -64,6 +64,33 @@ def run(overrides: Optional[List[str]] = typer.Argument(None, help="section.fiel
 
 
 @app.command()
+def serve(config: Optional[Path] = typer.Option(None, help="deployments file (schedule, names); default "
+                                                            "infra/deployments.yaml, or built-in defaults without it"),
+          cron: Optional[str] = typer.Option(None, help="override the retraining schedule, e.g. '*/30 * * * *'")):
+    """Publish the scheduled-retrain and on-demand deployments to the Prefect server and run their
+    flow runs here until stopped (Ctrl-C). Needs PREFECT_API_URL (e.g. from `ganpipe services up`)."""
+    import os
+
+    s = _settings()
+    if not os.environ.get("PREFECT_API_URL"):
+        _fail("serve: PREFECT_API_URL is not set; start the services (`ganpipe services up`) and "
+              "export GANPIPE_ENV_FILE, or point PREFECT_API_URL at a Prefect server")
+    from flows.deployments import DeployConfig, serve as serve_deployments
+
+    default = s.workspace / "infra" / "deployments.yaml"
+    try:
+        if config is None and not default.is_file():
+            cfg = DeployConfig(**({"cron": cron} if cron else {}))
+            cfg.validate(default)
+        else:
+            cfg = DeployConfig.load(default if config is None else config if config.is_absolute()
+                                    else s.workspace / config, cron)
+    except ConfigError as e:
+        _fail(str(e))
+    serve_deployments(cfg)
+
+
+@app.command()
 def stage(name: str = typer.Argument(..., help="|".join(STAGES))):
     """Run one stage outside Prefect: the `cmd` of each dvc.yaml stage."""
     if name not in STAGES:

@@ -1,29 +1,43 @@
-"""The Prefect flow: prepare -> train (Ray) -> evaluate -> register, each stage DVC-committed.
+"""The Prefect flows: prepare -> train (Ray) -> evaluate -> register, each stage DVC-committed.
 
 Tasks call the same stage functions that `dvc repro` runs through `ganpipe stage <name>`, pass
 references (paths, hashes, run ids) and never tensors. Prepare is skipped when DVC reports the
-stage unchanged; train always produces a new candidate.
+stage unchanged; train always produces a new candidate. `pipeline` is the on-demand flow (its typed
+parameters are the Prefect UI's run form); `retrain` is the scheduled one, which skips when nothing
+it would train from changed since the champion.
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from contextlib import contextmanager
+from typing import Annotated, Literal, Optional
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
+from pydantic import Field
 
 from flows import versioning
 from flows.evaluate import evaluate
+from flows.locks import file_lock
 from flows.params import load_config
 from flows.prepare import prepare
 from flows.register import register
-from flows.settings import load_settings
-from flows.tracking import client
+from flows.settings import Settings, load_settings
+from flows.summary import mlflow_links, run_summary, skip_summary
+from flows.tracking import SAME_INPUTS, client, model_name, trained_from_same_inputs
 from flows.train import train_stage
 from gan_core.config import ConfigError, PipelineConfig
 from gan_core.data import DataError, load_manifest
+from gan_core.files import write_text_atomic
 from gan_core.models import ARCHS
 from gan_core.train import DivergedError
+
+# run-form field -> params.yaml setting it overrides (None in the form: params.yaml's value)
+FORM = {"dataset": "data.name", "arch": "model.arch", "steps": "train.steps", "batch_size": "train.batch_size",
+        "workers": "train.num_workers", "use_gpu": "train.use_gpu", "fid_n": "eval.n_fake",
+        "promotion_margin": "register.promotion_margin"}
+ARTIFACT_KEY = "ganpipe-run-summary"
 
 
 def _transient(task, task_run, state) -> bool:
@@ -82,30 +96,123 @@ def register_task(cfg: dict, lineage: dict) -> dict:
     return reg
 
 
+def form_overrides(values: dict, overrides: list[str] | None) -> list[str]:
+    """Form fields first, then free-form overrides (which win, being applied last)."""
+    picks = [f"{FORM[k]}={str(v).lower() if isinstance(v, bool) else v}" for k, v in values.items()
+             if v is not None]
+    return picks + list(overrides or [])
+
+
+def unchanged_since(s: Settings, cfg: PipelineConfig, prepared: dict) -> str | None:
+    """Why retraining would be pointless, or None: a version trained on the same dataset content,
+    params hash and code exists (the champion, or one that lost to it)."""
+    inputs = dict(zip(SAME_INPUTS, (prepared["content_sha256"], cfg.params_hash(), versioning.git_commit(s))))
+    if inputs["git.commit"].endswith("+dirty"):
+        return None  # uncommitted code is never "the same code"
+    found = trained_from_same_inputs(client(s.mlflow_uri), model_name(cfg), inputs)
+    if found is None:
+        return None
+    version, is_champion = found
+    what = "the champion" if is_champion else f"a non-champion ({version.tags.get('promotion.reason', '?')})"
+    return (f"dataset {inputs['dataset.content_sha256'][:12]}, params {inputs['params.sha256'][:12]} and code "
+            f"{inputs['git.commit'][:12]} are unchanged since v{version.version}, {what}")
+
+
+def _publish(markdown: str, description: str) -> None:
+    create_markdown_artifact(markdown=markdown, key=ARTIFACT_KEY, description=description)
+
+
+@contextmanager
+def params_kept(s: Settings):
+    """Runs from a deployment (a schedule, a click in the UI) are one-offs: their overrides are
+    written to params.yaml for the stages (and dvc.lock records them), then params.yaml is put back,
+    so a custom run never changes what the next scheduled run trains."""
+    if not deployment.id:
+        yield
+        return
+    before = s.params_file.read_text()
+    try:
+        yield
+    finally:
+        write_text_atomic(s.params_file, before)
+
+
+def _run(overrides: list[str], skip_unchanged: bool) -> dict:
+    s = load_settings()
+    load_config(s.params_file, overrides, write=False)  # bad values fail now, not after waiting for the lock
+    log = get_run_logger()
+    run_id = str(flow_run.id or "none")
+    # one pipeline at a time per workspace: a scheduled run and a click share data/, models/ and reports/
+    with file_lock(s.workspace / ".ganpipe-run.lock", holder=f"flow run {run_id}",
+                   on_wait=lambda who: log.info("waiting for the workspace: held by %s", who)), params_kept(s):
+        cfg = load_config(s.params_file, overrides)
+        versioning.ensure_repo(s)
+        lineage = {"prefect.flow_run_id": run_id}
+        d = cfg.to_dict()
+        prepared = prepare_task(d)
+        if skip_unchanged and (why := unchanged_since(s, cfg, prepared)):
+            log.info("retraining skipped: %s", why)
+            _publish(skip_summary(model_name(cfg), why), "retraining skipped: inputs unchanged")
+            return {"prepared": prepared, "skipped": True, "reason": why}
+        training = train_task(d, lineage)
+        mlflow_run = client(s.mlflow_uri)
+        try:
+            evaluation = evaluate_task(d)
+            registration = register_task(d, lineage)
+        except BaseException:
+            mlflow_run.set_terminated(training["mlflow_run_id"], "FAILED")
+            raise
+        mlflow_run.set_terminated(training["mlflow_run_id"], "FINISHED")
+    exp = mlflow_run.get_run(training["mlflow_run_id"]).info.experiment_id
+    links = mlflow_links(s.mlflow_uri, exp, training["mlflow_run_id"], registration["model_name"],
+                         registration["version"])
+    _publish(run_summary(d, training, evaluation, registration, links),
+             f"{registration['model_name']} v{registration['version']}: {registration['metric']} "
+             f"{registration['fid']:.4f}")
+    return {"prepared": prepared, "training": training, "evaluation": evaluation, "registration": registration,
+            "skipped": False}
+
+
 Arch = Literal[tuple(ARCHS)]  # a drop-down of the family names in the Prefect UI's run form
+Positive = Annotated[int, Field(gt=0)]
 
 
 @flow(name="ganpipe-pipeline", log_prints=True)
-def pipeline(overrides: list[str] | None = None, arch: Optional[Arch] = None, dataset: Optional[str] = None) -> dict:
-    """Run prepare -> train -> evaluate -> register. `overrides` are `section.field=value` strings;
-    `arch` picks the GAN family, `dataset` NAME or NAME@vN (the same as model.arch=... / data.name=...,
-    and validated the same way: an unknown dataset or version fails before any work)."""
-    s = load_settings()
-    picks = [f"model.arch={arch}"] if arch else []
-    picks += [f"data.name={dataset}"] if dataset else []
-    overrides = picks + list(overrides or [])
-    cfg = load_config(s.params_file, overrides)
-    versioning.ensure_repo(s)
-    lineage = {"prefect.flow_run_id": str(flow_run.id or "none")}
-    d = cfg.to_dict()
-    prepared = prepare_task(d)
-    training = train_task(d, lineage)
-    mlflow_run = client(s.mlflow_uri)
-    try:
-        evaluation = evaluate_task(d)
-        registration = register_task(d, lineage)
-    except BaseException:
-        mlflow_run.set_terminated(training["mlflow_run_id"], "FAILED")
-        raise
-    mlflow_run.set_terminated(training["mlflow_run_id"], "FINISHED")
-    return {"prepared": prepared, "training": training, "evaluation": evaluation, "registration": registration}
+def pipeline(dataset: Optional[str] = None, arch: Optional[Arch] = None, steps: Optional[Positive] = None,
+             batch_size: Optional[Positive] = None, workers: Optional[Positive] = None,
+             use_gpu: Optional[bool] = None, fid_n: Optional[Annotated[int, Field(ge=2)]] = None,
+             promotion_margin: Optional[Annotated[float, Field(ge=0)]] = None,
+             overrides: Optional[list[str]] = None) -> dict:
+    """Train, evaluate and register one model. Every value is validated before any work: an unknown
+    dataset or version, or a batch that does not split over the workers, fails naming the field.
+
+    Args:
+        dataset: NAME or NAME@vN from data/catalog.yaml, or a built-in (digits, blobs, shapes); empty: params.yaml
+        arch: the GAN family; empty: params.yaml's model.arch
+        steps: training steps (train.steps)
+        batch_size: global batch, a multiple of workers (train.batch_size)
+        workers: Ray Train workers (train.num_workers)
+        use_gpu: one worker per GPU, NCCL (train.use_gpu)
+        fid_n: generated samples for the FID (eval.n_fake)
+        promotion_margin: FID a candidate must beat the champion by (register.promotion_margin)
+        overrides: extra section.field=value settings, applied last
+    """
+    form = dict(dataset=dataset, arch=arch, steps=steps, batch_size=batch_size, workers=workers, use_gpu=use_gpu,
+                fid_n=fid_n, promotion_margin=promotion_margin)
+    return _run(form_overrides(form, overrides), skip_unchanged=False)
+
+
+@flow(name="ganpipe-retrain", log_prints=True)
+def retrain(dataset: Optional[str] = None, arch: Optional[Arch] = None, force: bool = False,
+            overrides: Optional[list[str]] = None) -> dict:
+    """Scheduled retraining: prepare (DVC skips it when the data is unchanged), then train, evaluate
+    and register, unless the dataset hash, params hash and code are all unchanged since the model
+    they produced.
+
+    Args:
+        dataset: NAME or NAME@vN; empty: params.yaml's data.name
+        arch: the GAN family; empty: params.yaml's model.arch
+        force: train even when nothing changed
+        overrides: extra section.field=value settings
+    """
+    return _run(form_overrides(dict(dataset=dataset, arch=arch), overrides), skip_unchanged=not force)

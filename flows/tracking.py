@@ -90,5 +90,27 @@ def mlflow_monitor(cfg: PipelineConfig, data_dir, manifest: dict, tracking_uri: 
     def on_error(step, error):
         c.set_tag(run_id, "monitor.error", f"step {step}: {type(error).__name__}: {error}")
 
+    def grid_sink(step, grid):  # MLflow's UI shows these with a step slider, side by side across runs
+        c.log_image(run_id, grid, key="samples", step=step)
+
     evaluator = load_evaluator(data_dir, manifest, DOMAIN)
-    return FIDMonitor(evaluator, cfg.eval.every, cfg.eval.n_cheap, cfg.eval.seed, sink, on_error)
+    return FIDMonitor(evaluator, cfg.eval.every, cfg.eval.n_cheap, cfg.eval.seed, sink, on_error,
+                      grid_sink=grid_sink)
+
+
+SAME_INPUTS = ("dataset.content_sha256", "params.sha256", "git.commit")
+
+
+def trained_from_same_inputs(c: MlflowClient, name: str, inputs: dict[str, str]):
+    """(version, is_champion) of a version trained on this dataset content, params hash and code
+    (champion first), or None. Training is deterministic, so such inputs would give that model again."""
+    champ = champion_version(c, name)
+    try:
+        versions = c.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return None
+    same = [v for v in versions if all(v.tags.get(k) == inputs[k] for k in SAME_INPUTS)]
+    if champ is not None and any(v.version == champ.version for v in same):
+        return champ, True
+    latest = max(same, key=lambda v: int(v.version), default=None)
+    return (latest, False) if latest is not None else None

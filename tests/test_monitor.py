@@ -82,3 +82,19 @@ def test_a_failed_cheap_evaluation_is_reported_not_fatal(evaluator):
     mon = FIDMonitor(Broken(), every=2, n=32, seed=0, sink=lambda *a: None, on_error=lambda s, e: errors.append(s))
     _run(tiny_config(train={"steps": 4, "log_every": 2, "checkpoint_every": 4}), [mon])
     assert errors == [2, 4]
+
+
+def test_sample_grids_use_the_same_latents_at_every_snapshot(evaluator):
+    grids = []
+    mon = FIDMonitor(evaluator, every=4, n=32, seed=0, sink=lambda *a: None,
+                     grid_sink=lambda step, g: grids.append((step, g)))
+    cfg = tiny_config(train={"steps": 4, "log_every": 2, "checkpoint_every": 4})
+    state = _run(cfg, [mon])
+    G = state.G_ema.cpu().eval()
+    mon._score(G, 99)
+    mon._score(G, 100)  # the same G twice: identical grids, so the grids of a run differ only by training
+    (s1, g1), (s2, g2), (s3, g3) = grids
+    assert (s1, s2, s3) == (4, 99, 100)
+    assert g1.dtype.name == "uint8"
+    assert g1.shape == g2.shape and g1.shape[0] == 8 * (8 + 1) * 4 + 4  # 8 rows of 8 px, 1 px pads, x4
+    assert (g2 == g3).all()

@@ -12,6 +12,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 COPY = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore", "data/catalog.yaml",
+        "infra/deployments.yaml",
         "gan_core", "flows"]
 
 # a few hundred steps of the real pipeline: mechanics end to end, in about a minute

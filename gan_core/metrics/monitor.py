@@ -10,16 +10,23 @@ import copy
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
-from gan_core.metrics.fid import Fingerprint
+import numpy as np
+
+from gan_core.images import make_grid
+from gan_core.metrics.fid import Fingerprint, generate
 from gan_core.train import Callback, TrainState
 
 Sink = Callable[[int, dict, Fingerprint], None]  # step, metrics, fingerprint
+GridSink = Callable[[int, np.ndarray], None]  # step, uint8 sample grid (the same latents every time)
+GRID = 8  # an 8x8 grid: the classes/codes of a conditional G cycle along the rows
 
 
 class FIDMonitor(Callback):
     def __init__(self, evaluator, every: int, n: int, seed: int, sink: Sink,
-                 on_error: Callable[[int, BaseException], None] | None = None, batch_size: int = 500):
+                 on_error: Callable[[int, BaseException], None] | None = None, batch_size: int = 500,
+                 grid_sink: GridSink | None = None):
         self.evaluator, self.every, self.n, self.seed = evaluator, every, n, seed
+        self.grid_sink = grid_sink
         self.sink, self.on_error, self.batch_size = sink, on_error, batch_size
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fid-monitor")
         self.pending: Future | None = None
@@ -42,6 +49,8 @@ class FIDMonitor(Callback):
         try:
             metrics, fingerprint = self.evaluator.evaluate(G, self.n, self.seed, self.batch_size)
             self.sink(step, metrics, fingerprint)
+            if self.grid_sink is not None:  # fixed latents: the grids of one run show G evolving
+                self.grid_sink(step, make_grid(generate(G, GRID * GRID, self.seed, GRID * GRID), GRID))
             self.scored.append(step)
         except Exception as e:  # a failed cheap evaluation is reported, never a reason to stop training
             if self.on_error is None:

@@ -1,0 +1,53 @@
+"""The markdown summary a pipeline run publishes as a Prefect artifact: what was trained, how it
+scored, whether it became champion and why, with links into MLflow. Pure text from the stage records."""
+from __future__ import annotations
+
+import math
+from urllib.parse import quote
+
+
+def mlflow_links(tracking_uri: str, experiment_id: str | None, run_id: str | None, model: str,
+                 version: str) -> dict[str, str]:
+    """Browser links when MLflow is a server; with a local database there is no UI to link to,
+    so the links fall back to the URIs that `mlflow` and `ganpipe` accept."""
+    if tracking_uri.startswith(("http://", "https://")):
+        base = tracking_uri.rstrip("/")
+        return {"run": f"{base}/#/experiments/{experiment_id}/runs/{run_id}",
+                "model": f"{base}/#/models/{quote(model)}/versions/{version}"}
+    return {"run": f"runs:/{run_id}", "model": f"models:/{model}/{version}"}
+
+
+def _num(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) and math.isfinite(v) else str(v)
+
+
+def run_summary(cfg: dict, training: dict, evaluation: dict, registration: dict, links: dict[str, str]) -> str:
+    metrics = evaluation.get("metrics", {})
+    rows = "\n".join(f"| {k} | {_num(v)} |" for k, v in sorted(metrics.items()))
+    verdict = "**promoted to champion**" if registration["champion"] else "not promoted"
+    fp = evaluation["fingerprint"]
+    return f"""# {registration['model_name']} v{registration['version']}: {verdict}
+
+{registration['reason']}
+
+| metric | value |
+|---|---|
+{rows}
+
+Evaluator fingerprint `{fp['id']}` ({fp.get('backbone', '?')}, n_fake={fp.get('n_fake', '?')}).
+
+| | |
+|---|---|
+| dataset | {cfg['data']['name']} (content `{training['meta']['dataset_sha256'][:12]}`) |
+| family | {cfg['model']['arch']} (loss {cfg['model']['loss']}) |
+| steps | {training['step']} ({training['images_seen']} images, {cfg['train']['num_workers']} Ray workers) |
+| params hash | `{training['meta']['params_sha256'][:12]}` |
+| code | `{training['meta']['git_commit']}` |
+| Ray run | `{training['run_name']}` |
+
+[MLflow run]({links['run']}) · [model version]({links['model']})
+"""
+
+
+def skip_summary(model: str, reason: str) -> str:
+    return f"# {model}: retraining skipped\n\n{reason}\n"
