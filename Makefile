@@ -8,7 +8,14 @@ TORCH_INDEX ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ganpipe-installed
 
-.PHONY: install run test bench repro clean-home
+.PHONY: install run test bench repro clean-home browser
+
+# the browser test drives Debian's chromium with its chromedriver (Selenium Manager would download
+# its own, which no offline machine can); installed once, as root or through sudo
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; }
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +28,7 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/ganpipe run $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # the dvc.yaml stages without Prefect; their cmds call `ganpipe`, so the venv goes on PATH
