@@ -137,7 +137,9 @@ def plan(cfg: ServicesConfig) -> list[Service]:
     out.append(Service(
         "prefect",
         [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(cfg.prefect_port)],
-        {**base, "PREFECT_HOME": str(root / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
+        # the UI calls the API at PREFECT_UI_API_URL, which otherwise stays on port 4200 whatever --port says
+        {**base, "PREFECT_HOME": str(root / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+         "PREFECT_UI_API_URL": f"http://127.0.0.1:{cfg.prefect_port}/api"},
         lambda: http_ok(f"http://127.0.0.1:{cfg.prefect_port}/api/health"), f"http://127.0.0.1:{cfg.prefect_port}"))
     # Ray nodes carry the S3 settings in their environment, so workers write checkpoints to the
     # bucket without credentials ever travelling in a runtime_env or a pickled filesystem
