@@ -200,7 +200,9 @@ def run_training(settings: Settings, cfg: PipelineConfig, data_dir: str, run_nam
         else:
             # the dashboard hosts the State API that Ray Train's placement-group cleaner polls;
             # without it every run logs a warning per second
-            ray.init(num_cpus=os.cpu_count(), runtime_env={"env_vars": env_vars}, logging_level="WARNING")
+            # address="local": always a fresh instance, never whatever cluster /tmp/ray last recorded
+            ray.init(address="local", num_cpus=os.cpu_count(), runtime_env={"env_vars": env_vars},
+                     logging_level="WARNING")
         started = True
     try:
         cpus = _cpus_per_worker(cfg)

@@ -18,13 +18,12 @@ import os
 import secrets
 import shlex
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from infra.config import ServicesConfig
-from infra.process import ServiceError, http_ok, pid_of, start, stop, wait_healthy
+from infra.process import http_ok, pid_of, start, stop, wait_healthy
 
 BIN = Path(sys.executable).parent
 
@@ -198,10 +197,22 @@ def up(cfg: ServicesConfig, echo: Callable[[str], None]) -> Path:
     return write_env_file(cfg)
 
 
+def _forget_ray_cluster(cfg: ServicesConfig) -> None:
+    """A SIGTERM'd `ray start` leaves /tmp/ray/ray_current_cluster naming its GCS; a later plain
+    ray.init() on this machine would then try to join that dead cluster. Remove it if it is ours."""
+    marker = Path(os.environ.get("RAY_TMPDIR", "/tmp/ray")) / "ray_current_cluster"
+    try:
+        if marker.read_text().strip().endswith(f":{cfg.ray_port}"):
+            marker.unlink()
+    except OSError:
+        pass
+
+
 def down(cfg: ServicesConfig, echo: Callable[[str], None]) -> None:
     for svc in reversed(plan(cfg)):
         stopped = stop(_files(cfg, svc.name)[1])
         echo(f"{svc.name:<11} {'stopped' if stopped else 'not running'}")
+    _forget_ray_cluster(cfg)
     if not cfg.s3_endpoint:
         echo("note: the local S3 store (moto) keeps objects in memory: the bucket's contents are gone; "
              "set GANPIPE_S3_ENDPOINT to a persistent store (MinIO, S3) to keep artifacts across restarts")
@@ -215,12 +226,3 @@ def status(cfg: ServicesConfig) -> list[dict]:
         state = "stopped" if pid is None else ("healthy" if svc.health() else "unhealthy")
         rows.append({"name": svc.name, "state": state, "pid": pid, "endpoint": svc.endpoint, "log": str(log)})
     return rows
-
-
-def wait_all_healthy(cfg: ServicesConfig, timeout_s: float = 60) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if all(r["state"] == "healthy" for r in status(cfg)):
-            return
-        time.sleep(1)
-    raise ServiceError(f"services not all healthy: {status(cfg)}")

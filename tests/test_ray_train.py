@@ -25,7 +25,7 @@ def setup(tmp_path_factory):
     data = prepare(s, cfg)
     import ray
 
-    ray.init(num_cpus=2, runtime_env={"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}},
+    ray.init(address="local", num_cpus=2, runtime_env={"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}},
              logging_level="WARNING")
     yield s, cfg, data
     ray.shutdown()

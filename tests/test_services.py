@@ -77,6 +77,8 @@ def stack(tmp_path_factory):
         assert down.returncode == 0, down.stderr
         for pid_file in home.glob("*.pid"):  # down removes a pid file only once its process group is gone
             pytest.fail(f"{pid_file} left behind: {pid_file.read_text()}")
+        marker = Path("/tmp/ray/ray_current_cluster")  # else a later plain ray.init() joins the dead cluster
+        assert not (marker.exists() and marker.read_text().strip().endswith(":" + ports["GANPIPE_RAY_PORT"]))
 
 
 def test_services_are_up_healthy_and_their_settings_private(stack):
