@@ -50,7 +50,11 @@ def run(overrides: Optional[List[str]] = typer.Argument(None, help="section.fiel
         _fail(str(e))
     from flows.pipeline import pipeline
 
-    out = pipeline(overrides=overrides or [])
+    try:
+        out = pipeline(overrides=overrides or [])
+    except Exception as e:  # Prefect has logged the traceback; end with the cause on one line
+        typer.secho(f"error: pipeline failed: {type(e).__name__}: {e}", fg="red", err=True)
+        raise typer.Exit(1) from None
     ev, reg = out["evaluation"], out["registration"]
     verdict = "yes" if reg["champion"] else "no"
     typer.echo("")
@@ -158,23 +162,65 @@ def sample(model: str = typer.Argument(..., help="models:/NAME@champion, models:
 
 
 def _load_generator(s, model: str):
-    """G_ema from a registered model (models:/...) or a checkpoint file, with its LatentSpec."""
+    """G_ema from a registered model (models:/...) or a checkpoint file, with its LatentSpec.
+    Neither path unpickles: a checkpoint loads weights-only, and a registered model must be a
+    torch.export (pt2) program, checked on the downloaded files before MLflow reads any of them."""
     if model.startswith("models:/"):
+        import os
+        import tempfile
+
+        import mlflow.artifacts
         import mlflow.pytorch
-        from mlflow.models import get_model_info
+        from mlflow.models import Model
 
         from gan_core.latent import LatentSpec
 
-        mlflow.set_tracking_uri(s.mlflow_uri)
-        G = mlflow.pytorch.load_model(model)
-        if not hasattr(G, "latent"):  # an exported (pt2) program has no attributes: read the metadata
-            info = get_model_info(model)
-            meta = (info.metadata or {}).get("latent")
-            G.latent = LatentSpec.from_dict(meta) if meta else LatentSpec(int(info.signature.inputs.inputs[0].shape[-1]))
-        return G
-    from gan_core.checkpoint import load_checkpoint, rebuild
+        def not_pt2(local: Path, mlmodel: Model) -> str | None:
+            # mlflow loads data/model.pth with torch.load (a pickle: its payload runs on load) whenever
+            # that file exists, and the MLmodel does not record the format: the files tell
+            flavor = mlmodel.flavors.get("pytorch")
+            if flavor is None:
+                return "it has no pytorch flavor"
+            if flavor.get("code"):
+                return "it carries a code folder, which loading would put on sys.path"
+            data = (local / flavor["model_data"]).resolve()
+            files = sorted(p.name for p in data.iterdir()) if data.is_dir() else []
+            if not data.is_relative_to(local.resolve()) or files != ["model.pt2"]:
+                return (f"its model data is {files or 'missing'}, not a single model.pt2 "
+                        "(serialization_format='pickle' writes model.pth, which loading would unpickle)")
+            return None
 
-    _, state = rebuild(load_checkpoint(model))
+        mlflow.set_tracking_uri(s.mlflow_uri)
+        with tempfile.TemporaryDirectory(prefix="ganpipe-model-") as tmp:
+            # one download, inspected and then loaded: the checked files are the loaded files
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=tmp))
+            mlmodel = Model.load(str(local))  # the MLmodel YAML only
+            why = not_pt2(local, mlmodel)
+            if why:
+                _fail(f"{model}: refused: {why}. Only torch.export (pt2) programs are loaded, since a pickled "
+                      "model can run code when loaded; re-register it with serialization_format='pt2'")
+            # MLflow (3.17) allows pickle by default and then skips its check that a pt2 archive holds
+            # no pickled records: turn the check on for this load
+            allow = os.environ.get("MLFLOW_ALLOW_PICKLE_DESERIALIZATION")
+            os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
+            try:
+                G = mlflow.pytorch.load_model(str(local))
+            finally:
+                if allow is None:
+                    os.environ.pop("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", None)
+                else:
+                    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = allow
+        if not hasattr(G, "latent"):  # an exported (pt2) program has no attributes: read the metadata
+            meta = (mlmodel.metadata or {}).get("latent")
+            z_dim = int(mlmodel.signature.inputs.inputs[0].shape[-1])
+            G.latent = LatentSpec.from_dict(meta) if meta else LatentSpec(z_dim)
+        return G
+    from gan_core.checkpoint import CheckpointError, load_checkpoint, rebuild
+
+    try:
+        _, state = rebuild(load_checkpoint(model))
+    except CheckpointError as e:
+        _fail(f"{model}: refused: {e}")
     return state.G_ema.eval()
 
 

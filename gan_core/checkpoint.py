@@ -4,6 +4,8 @@ A checkpoint is a dict of tensors and primitives (config, step, state dicts, RNG
 lineage metadata) saved with torch.save and loaded with `weights_only=True`, so loading a file
 can never run code from it. Writes go to a temporary file in the same folder, are fsynced, then
 renamed into place; a sidecar `<name>.json` holds the sha256 so a torn or edited file is refused.
+The checkpoint also carries the sha256 of its own config and the data sampler's position, so a
+config edited after the save, or a sampler that would resume on other batches, is refused too.
 """
 from __future__ import annotations
 
@@ -18,12 +20,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from gan_core.config import PipelineConfig
+from gan_core.config import PipelineConfig, TrainConfig, canonical_json
 from gan_core.files import file_sha256, write_bytes_atomic, write_json_atomic
-from gan_core.train import TrainState, build_state
+from gan_core.train import TrainState, batch_position, build_state
 from gan_core.steps import unwrap
 
-FORMAT = "ganpipe-checkpoint/1"
+# /2 added config_sha256, sampler and scaler; older formats are named so the refusal says why
+FORMAT = "ganpipe-checkpoint/2"
+OLD_FORMATS = {"ganpipe-checkpoint/1": "it has no config hash, sampler position or grad-scaler state"}
 
 
 class CheckpointError(ValueError):
@@ -68,6 +72,7 @@ def to_checkpoint(state: TrainState, cfg: PipelineConfig, rng: list[dict], meta:
     return {
         "format": FORMAT,
         "config": cfg.to_dict(),
+        "config_sha256": cfg.params_hash(),
         "step": state.step,
         "images_seen": state.images_seen,
         "world": state.world,
@@ -75,15 +80,39 @@ def to_checkpoint(state: TrainState, cfg: PipelineConfig, rng: list[dict], meta:
         "models": {"G": unwrap(state.G).state_dict(), "D": unwrap(state.D).state_dict(),
                    "G_ema": state.G_ema.state_dict()},
         "optimizers": {"G": state.opt_g.state_dict(), "D": state.opt_d.state_dict()},
+        "scaler": state.scaler.state_dict() if state.scaler is not None else {},
+        "sampler": sampler_state(state.step, state.world, cfg.train),
         "extra": state.extra,
         "rng": rng,
         "meta": meta or {},
     }
 
 
+def sampler_state(step: int, world: int, t: TrainConfig) -> dict[str, int]:
+    """Where the data sampler stands at `step`: what a resumed run must read next."""
+    return {"seed": t.seed, "position": batch_position(step, t), "per_worker_batch": t.per_worker_batch,
+            "world": world}
+
+
+def check_consistent(ckpt: dict) -> None:
+    """Refuse a checkpoint whose config was edited after the save (the file hash alone does not
+    catch that: whoever edits it can rewrite the sidecar) or whose sampler would resume elsewhere."""
+    stored = ckpt.get("config_sha256") or ""
+    actual = hashlib.sha256(canonical_json(ckpt.get("config")).encode()).hexdigest()
+    if actual != stored:
+        raise CheckpointError(f"config edited: the checkpoint's config hashes to {actual[:12]}, not the "
+                              f"{stored[:12] or '(none)'} it was saved with; refusing to resume under other settings")
+    step, t = int(ckpt["step"]), PipelineConfig.from_dict(ckpt["config"]).train
+    stored_pos, expected_pos = (ckpt.get("sampler") or {}).get("position"), batch_position(step, t)
+    if stored_pos != expected_pos:
+        raise CheckpointError(f"sampler position {stored_pos} in the checkpoint, but step {step} starts at batch "
+                              f"{expected_pos}: a resumed run would read other batches than the original")
+
+
 def restore(state: TrainState, ckpt: dict, rank: int = 0) -> TrainState:
     """Load every piece of ckpt into state (in place). RNG is restored for `rank` when the
     checkpoint holds that rank (same world size); otherwise the caller's seeding stands."""
+    check_consistent(ckpt)
     if int(ckpt.get("n_classes", 0)) != state.n_classes:
         raise CheckpointError(f"checkpoint was built for {ckpt.get('n_classes', 0)} classes, this state for "
                               f"{state.n_classes}: the dataset's labels changed; train from scratch")
@@ -92,6 +121,7 @@ def restore(state: TrainState, ckpt: dict, rank: int = 0) -> TrainState:
     state.G_ema.load_state_dict(ckpt["models"]["G_ema"])
     state.opt_g.load_state_dict(ckpt["optimizers"]["G"])
     state.opt_d.load_state_dict(ckpt["optimizers"]["D"])
+    restore_scaler(state, ckpt["scaler"])
     state.step, state.images_seen = int(ckpt["step"]), int(ckpt["images_seen"])
     state.extra = dict(ckpt.get("extra", {}))
     if rank < len(ckpt["rng"]) and int(ckpt.get("world", 1)) == state.world:
@@ -99,8 +129,20 @@ def restore(state: TrainState, ckpt: dict, rank: int = 0) -> TrainState:
     return state
 
 
+def restore_scaler(state: TrainState, saved: dict) -> None:
+    # a scale saved without a scaler to take it (or the reverse) would silently change the
+    # loss scaling of the resumed run: refuse rather than drop or invent it
+    mine = state.scaler.state_dict() if state.scaler is not None else {}
+    if bool(mine) != bool(saved):
+        raise CheckpointError(f"grad scaler mismatch: the checkpoint {'has' if saved else 'has no'} scaler state, "
+                              f"this state {'has' if mine else 'has no'} enabled scaler")
+    if saved:
+        state.scaler.load_state_dict(saved)
+
+
 def rebuild(ckpt: dict, device: torch.device | str = "cpu") -> tuple[PipelineConfig, TrainState]:
     """Config + a full TrainState from a checkpoint alone (nanoGPT's `model_args` idea)."""
+    check_consistent(ckpt)  # before the config builds anything
     cfg = PipelineConfig.from_dict(ckpt["config"])
     state = build_state(cfg, device, int(ckpt.get("n_classes", 0)))
     return cfg, restore(state, ckpt, rank=len(ckpt["rng"]))  # rank past the end: leave RNG alone
@@ -134,8 +176,14 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a pickle payload or a torn zip both end here
         raise CheckpointError(f"{path}: not a loadable weights-only checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: format is not {FORMAT!r}")
+    fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
+    if fmt != FORMAT:
+        why = f": written by an older ganpipe ({OLD_FORMATS[fmt]}); retrain it" if fmt in OLD_FORMATS else ""
+        raise CheckpointError(f"{path}: format {fmt!r} is not {FORMAT!r}{why}")
+    try:  # here too, so a resume skips an edited checkpoint like a torn one
+        check_consistent(ckpt)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from e
     return ckpt
 
 

@@ -42,6 +42,9 @@ class TrainState:
     bf16: bool = False
     channels_last: bool = False
     extra: dict = field(default_factory=dict)  # family-specific state (e.g. a scaler); checkpointed
+    # fp16 loss scaling; None on CPU and with bf16 (same exponent range as fp32: nothing to scale).
+    # Checkpointed when present, so a resumed fp16 run keeps its scale instead of re-warming it.
+    scaler: torch.amp.GradScaler | None = None
 
     def autocast(self):
         if self.bf16:
@@ -51,6 +54,8 @@ class TrainState:
 
 class Callback:
     """Hooks the loop calls; override what you need. All run on every rank unless a caller filters."""
+
+    def on_step(self, state: TrainState) -> None: ...
 
     def on_log(self, state: TrainState, metrics: dict[str, float]) -> None: ...
 
@@ -111,6 +116,19 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         be.copy_(b)
 
 
+def check_finite(state: TrainState, out: dict[str, torch.Tensor]) -> None:
+    """Stop at the first step whose losses are NaN/Inf on any rank. The flag is all-reduced, so every
+    rank raises at the same step (a rank that stopped alone would leave the others waiting in a
+    collective), and it is checked before that step can be checkpointed."""
+    finite = torch.stack([torch.as_tensor(v, dtype=torch.float32).detach().reshape(()) for v in out.values()])
+    ok = finite.isfinite().all().to(torch.int32).reshape(1)
+    if state.world > 1 and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+    if not bool(ok.item()):
+        bad = [k for k, v in out.items() if not math.isfinite(float(v))] or ["(another rank's losses)"]
+        raise DivergedError(f"diverged at step {state.step}: non-finite {', '.join(bad)}")
+
+
 def train(state: TrainState, batches: Iterator, cfg: PipelineConfig,
           callbacks: Iterable[Callback] = ()) -> TrainState:
     """Run steps until cfg.train.steps, starting at state.step (so a restored state resumes).
@@ -126,6 +144,7 @@ def train(state: TrainState, batches: Iterator, cfg: PipelineConfig,
         # ---- one optimisation step (family-specific) --------------------------------------
         out = state.family.step(state, group, t)
         state.step += 1
+        check_finite(state, out)
         batch_images = sum(b[0].shape[0] for b in group) * state.world
         state.images_seen += batch_images
         decay = t.ema_decay if state.step > t.ema_start else 0.0
@@ -140,9 +159,6 @@ def train(state: TrainState, batches: Iterator, cfg: PipelineConfig,
                 torch.cuda.synchronize(state.device)
             elapsed = time.perf_counter() - t0 - paused  # checkpoint time is not throughput
             metrics = {k: float(v) / n for k, v in sums.items()}
-            bad = [k for k, v in metrics.items() if not math.isfinite(v)]
-            if bad:
-                raise DivergedError(f"step {state.step}: non-finite {', '.join(bad)} ({metrics})")
             metrics["images_per_s"] = imgs / elapsed if elapsed > 0 else 0.0
             for cb in callbacks:
                 cb.on_log(state, metrics)
@@ -153,6 +169,8 @@ def train(state: TrainState, batches: Iterator, cfg: PipelineConfig,
             for cb in callbacks:
                 cb.on_checkpoint(state)
             paused += time.perf_counter() - tc
+        for cb in callbacks:  # last: whatever a callback does here lands in no earlier checkpoint
+            cb.on_step(state)
     for cb in callbacks:
         cb.on_train_end(state)
     return state
