@@ -1,7 +1,13 @@
 """Stage 3, evaluate: FID of the candidate's EMA generator against the dataset's reference
-statistics, a sample grid, reports/metrics.json (a DVC metric) and the same numbers in MLflow."""
+statistics, a sample grid, reports/metrics.json (a DVC metric) and the same numbers in MLflow.
+
+A generator whose output is not finite (NaN/Inf images, e.g. diverged weights) is not a failed run:
+it gets an evaluation whose `fid` is not finite (null in the JSON records, which have no NaN) and an
+`error` with the evaluator's reason, so register can record it and the gate refuse it. Any other
+evaluator error still raises."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -13,7 +19,41 @@ from gan_core.config import PipelineConfig
 from gan_core.data import load_manifest
 from gan_core.images import make_grid, save_png
 from gan_core.metrics.evaluator import load_evaluator
-from gan_core.metrics.fid import generate, metric_name
+from gan_core.metrics.fid import generate, latent_of, metric_name
+from gan_core.metrics.frechet import MetricError
+
+
+def json_safe(obj):
+    """Non-finite floats become null: JSON has no NaN (json.dumps would write `NaN`, which DVC and
+    strict parsers reject). Readers turn null back into nan (flows.gate.fid_from_record)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+@torch.no_grad()
+def raw_output(G, n: int, seed: int, batch_size: int) -> torch.Tensor:
+    """G's images for the same seeded latents `gan_core.metrics.fid.draw` uses, without its
+    finiteness check: to tell a generator's non-finite output from an evaluator failure, and to
+    still show what such a generator produces."""
+    spec = latent_of(G)
+    labels = torch.arange(n) % spec.controls if spec.controls else None
+    was_training = G.training
+    G.eval()
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    try:
+        for i in range(0, n, batch_size):
+            part = None if labels is None else labels[i:i + batch_size]
+            lat = spec.sample(min(batch_size, n - i), generator=g, labels=part)
+            out.append(G(*lat.inputs).float().cpu())
+    finally:
+        G.train(was_training)
+    return torch.cat(out)
 
 
 def evaluate(settings: Settings, cfg: PipelineConfig) -> dict:
@@ -28,23 +68,38 @@ def evaluate(settings: Settings, cfg: PipelineConfig) -> dict:
                               f"but {prepared} holds {manifest['content_sha256'][:12]}; re-run train")
     e = cfg.eval
     evaluator = load_evaluator(prepared, manifest, e.backbone)
-    torch.manual_seed(e.seed)
-    scores, fingerprint = evaluator.evaluate(state.G_ema, e.n_fake, e.seed, e.batch_size)
     name = metric_name(e.n_fake)
+    torch.manual_seed(e.seed)
+    error = None
+    try:
+        scores, fingerprint = evaluator.evaluate(state.G_ema, e.n_fake, e.seed, e.batch_size)
+    except MetricError as err:
+        if torch.isfinite(raw_output(state.G_ema, e.n_fake, e.seed, e.batch_size)).all():
+            raise  # the generator's images are fine: the evaluator failed, which is a bug, not a score
+        error = str(err)
+        scores, fingerprint = {name: math.nan}, evaluator.fingerprint(e.n_fake)
     fid = scores[name]
 
     reports = settings.reports_dir
-    grid_images = generate(state.G_ema, e.grid * e.grid, e.seed + 1, e.batch_size)
+    if error is None:
+        grid_images = generate(state.G_ema, e.grid * e.grid, e.seed + 1, e.batch_size)
+    else:  # what the bad generator made, non-finite pixels shown black
+        grid_images = torch.nan_to_num(raw_output(state.G_ema, e.grid * e.grid, e.seed + 1, e.batch_size),
+                                       nan=-1.0, posinf=1.0, neginf=-1.0).clamp(-1, 1)
     provenance = {"run_name": training["run_name"], "step": training["step"], "generator": "G_ema",
                   "checkpoint_sha256": training["checkpoint_sha256"], "seed": e.seed + 1, name: fid}
-    samples = save_png(reports / "samples.png", make_grid(grid_images, e.grid), provenance)
+    if error is not None:
+        provenance["error"] = error
+    samples = save_png(reports / "samples.png", make_grid(grid_images, e.grid), json_safe(provenance))
     metrics = {**{k: round(v, 6) for k, v in scores.items()}, "step": training["step"]}
     evaluation = {"metric": name, "fid": fid, "metrics": scores, "fingerprint": fingerprint.to_dict(),
                   "step": training["step"],
                   "checkpoint_sha256": training["checkpoint_sha256"], "run_name": training["run_name"],
                   "samples": str(samples)}
-    write_record(reports / "metrics.json", metrics)
-    write_record(reports / "evaluation.json", evaluation)
+    if error is not None:
+        evaluation["error"] = error
+    write_record(reports / "metrics.json", json_safe(metrics))
+    write_record(reports / "evaluation.json", json_safe(evaluation))
     if training.get("mlflow_run_id"):
         _log_to_mlflow(settings, training["mlflow_run_id"], evaluation, samples)
     return evaluation
@@ -54,8 +109,12 @@ def _log_to_mlflow(settings: Settings, run_id: str, evaluation: dict, samples: P
     from flows.tracking import client, log_metrics
 
     c = client(settings.mlflow_uri)
-    log_metrics(c, run_id, evaluation["metrics"], evaluation["step"])
+    finite = {k: v for k, v in evaluation["metrics"].items() if math.isfinite(v)}
+    if finite:
+        log_metrics(c, run_id, finite, evaluation["step"])
     c.log_artifact(run_id, str(samples), "samples")
-    c.log_dict(run_id, evaluation, "evaluation.json")
+    c.log_dict(run_id, json_safe(evaluation), "evaluation.json")
     c.set_tag(run_id, "eval.fingerprint_id", evaluation["fingerprint"]["id"])
     c.set_tag(run_id, "eval.metric", evaluation["metric"])
+    if evaluation.get("error"):
+        c.set_tag(run_id, "eval.error", evaluation["error"])

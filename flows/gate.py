@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Iterable, Mapping
 
 
 @dataclass(frozen=True)
@@ -10,15 +11,19 @@ class Scored:
     fid: float
     fingerprint_id: str
     version: str = ""
+    error: str = ""  # why the FID could not be computed (then fid is nan), e.g. the evaluator's MetricError
 
 
 def decide(candidate: Scored, champion: Scored | None, margin: float) -> tuple[bool, str]:
     """Promote only a finite FID that beats the champion's by more than `margin` under the same
     evaluator fingerprint; the first valid model for a name becomes champion."""
     if not math.isfinite(candidate.fid):
-        return False, f"FID is not finite ({candidate.fid}); never promoted"
+        why = f"{candidate.fid}: {candidate.error}" if candidate.error else f"{candidate.fid}"
+        return False, f"FID is not finite ({why}); never promoted"
     if champion is None:
         return True, "first valid model under this name"
+    if candidate.version and champion.version == candidate.version:
+        return True, f"v{candidate.version} is already the champion"
     if champion.fingerprint_id != candidate.fingerprint_id:
         return False, (f"evaluator fingerprint {candidate.fingerprint_id} differs from champion v{champion.version}'s "
                        f"{champion.fingerprint_id}: the FIDs are not comparable, champion kept")
@@ -27,3 +32,37 @@ def decide(candidate: Scored, champion: Scored | None, margin: float) -> tuple[b
                       f"by more than the margin {margin}")
     return False, (f"FID {candidate.fid:.4f} does not beat champion v{champion.version} ({champion.fid:.4f}) "
                    f"by more than the margin {margin}")
+
+
+def fid_from_record(value) -> float:
+    """The FID as stage records store it: a number, or null when it was not finite (JSON has no NaN)."""
+    if value is None:
+        return math.nan
+    try:
+        return float(value)  # also reads "nan"/"inf" strings and tag values
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def same_registration(versions: Iterable[tuple[str, Mapping[str, str]]], run_id: str,
+                      checkpoint_sha256: str) -> str | None:
+    """The version (lowest number) already registered for this training run and checkpoint, from
+    (version, tags) pairs, or None. Registration is idempotent on that pair: a retried register
+    stage returns it instead of logging the model again."""
+    found = [int(v) for v, tags in versions
+             if tags.get("mlflow.run_id") == run_id and tags.get("checkpoint.sha256") == checkpoint_sha256]
+    return str(min(found)) if found else None
+
+
+def recorded_decision(tags: Mapping[str, str]) -> str | None:
+    """The promotion reason a version was tagged with, or None if its promotion never completed."""
+    if tags.get("promotion.decision") in ("promoted", "not promoted", "refused"):
+        return tags.get("promotion.reason", "")
+    return None
+
+
+def decision_label(candidate: Scored, promoted: bool) -> str:
+    """The `promotion.decision` tag: promoted, refused (no finite FID: never eligible), or not promoted."""
+    if promoted:
+        return "promoted"
+    return "refused" if not math.isfinite(candidate.fid) else "not promoted"

@@ -1,16 +1,27 @@
 """Stage 4, register: log G_ema to MLflow as a torch.export (pt2) model, register a version with
-lineage tags, and move the `champion` alias only when the gate says so."""
+lineage tags, and move the `champion` alias only when the gate says so.
+
+Registration is idempotent per training run: a version already registered for the same MLflow run
+and checkpoint sha256 is returned as it is (a retried stage logs nothing again). Promotion
+(`promote`) re-reads the champion and moves the alias under a lock, so concurrent promoters cannot
+lose an update."""
 from __future__ import annotations
 
 import json
-import math
+import logging
+import os
+import socket
+import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from flows import versioning
+from flows.evaluate import json_safe
+from flows.gate import Scored, decide, decision_label, fid_from_record, recorded_decision, same_registration
+from flows.locks import file_lock
 from flows.records import read_record, write_record
-from flows.gate import Scored, decide
 from flows.settings import Settings
 from flows.tracking import CHAMPION, champion_version, client, model_name
 from gan_core.checkpoint import load_checkpoint, rebuild
@@ -18,14 +29,77 @@ from gan_core.config import PipelineConfig
 from gan_core.latent import LatentSpec
 
 
+log = logging.getLogger(__name__)
+
+# Test/drill seam, owned by this module: GANPIPE_FAULT_PROMOTE_DELAY=<seconds> sleeps inside the
+# promotion's critical section, after the champion is read and before the alias moves, to widen the
+# window a lost update needs (tests/test_faults_registry.py). Never set it in production.
+PROMOTE_DELAY_ENV = "GANPIPE_FAULT_PROMOTE_DELAY"
+
+
 def _scored(version) -> Scored | None:
     if version is None:
         return None
+    return Scored(fid_from_record(version.tags.get("eval.fid")), version.tags.get("eval.fingerprint_id", "missing"),
+                  str(version.version))
+
+
+def promote_lock_path(settings: Settings, name: str) -> Path:
+    return settings.home / "locks" / f"promote-{name}.lock"
+
+
+def _fault_delay() -> None:
+    raw = os.environ.get(PROMOTE_DELAY_ENV, "").strip()
+    if not raw:
+        return
     try:
-        fid = float(version.tags.get("eval.fid", "nan"))
-    except ValueError:
-        fid = math.nan
-    return Scored(fid, version.tags.get("eval.fingerprint_id", "missing"), str(version.version))
+        seconds = float(raw)
+    except ValueError as e:
+        raise ValueError(f"{PROMOTE_DELAY_ENV}={raw!r}: expected seconds") from e
+    time.sleep(max(0.0, seconds))
+
+
+def promote(c, name: str, version: str, candidate: Scored, margin: float, lock_path: Path) -> tuple[bool, str]:
+    """Gate one registered version against the current champion and move the alias if it wins;
+    tags the version with the decision and its reason. Returns (promoted, reason).
+
+    Read-decide-write happens under an exclusive lock, and the champion is re-read inside it, so two
+    promoters cannot both decide against the same old champion (the later write would otherwise
+    replace a better model: a lost update). The lock is a flock file: it serialises promoters on one
+    machine, which is what the embedded and `ganpipe services` setups are (every stage runs on the
+    machine holding GANPIPE_HOME). Promoters on several machines need a lock they all share, e.g. a
+    Prefect global concurrency limit (`prefect.concurrency.sync.concurrency("promote-<name>")`) or a
+    lock row in the MLflow backing database; that is not built here."""
+    version = str(version)
+    candidate = Scored(candidate.fid, candidate.fingerprint_id, version, candidate.error)
+    holder = f"pid {os.getpid()} on {socket.gethostname()}: {name} v{version}"
+    def on_wait(who: str) -> None:
+        log.info("promotion of %s v%s waits for the lock held by %s", name, version, who)
+
+    with file_lock(Path(lock_path), holder, on_wait):
+        champion = champion_version(c, name)  # re-read under the lock: never a value read before waiting
+        _fault_delay()
+        promoted, reason = decide(candidate, _scored(champion), margin)
+        if promoted and (champion is None or str(champion.version) != version):
+            c.set_registered_model_alias(name, CHAMPION, version)
+            if champion is not None:  # its own promotion tags stay as decided then; this says what replaced it
+                c.set_model_version_tag(name, champion.version, "promotion.superseded_by",
+                                        f"v{version} (FID {candidate.fid:.4f})")
+        c.set_model_version_tag(name, version, "promotion.decision", decision_label(candidate, promoted))
+        c.set_model_version_tag(name, version, "promotion.reason", reason)
+    return promoted, reason
+
+
+def registered_version(c, name: str, run_id: str, checkpoint_sha256: str):
+    """The version already registered for this training run and checkpoint, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = c.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return None
+    found = same_registration(((str(v.version), v.tags) for v in versions), run_id, checkpoint_sha256)
+    return None if found is None else c.get_model_version(name, found)
 
 
 def lineage_tags(settings: Settings, cfg: PipelineConfig, training: dict, evaluation: dict, lineage: dict) -> dict:
@@ -46,10 +120,12 @@ def lineage_tags(settings: Settings, cfg: PipelineConfig, training: dict, evalua
         "model.arch": cfg.model.arch,
         "model.loss": cfg.model.loss,
         "eval.metric": evaluation["metric"],
-        "eval.fid": repr(float(evaluation["fid"])),
+        "eval.fid": repr(fid_from_record(evaluation["fid"])),
         "eval.fingerprint_id": evaluation["fingerprint"]["id"],
         "eval.fingerprint": json.dumps(evaluation["fingerprint"], sort_keys=True),
     }
+    if evaluation.get("error"):
+        tags["eval.error"] = str(evaluation["error"])
     return tags
 
 
@@ -89,25 +165,35 @@ def register(settings: Settings, cfg: PipelineConfig, lineage: dict) -> dict:
     run_id = training.get("mlflow_run_id")
     name = model_name(cfg)
     c = client(settings.mlflow_uri)
-    mlflow.set_tracking_uri(settings.mlflow_uri)
+    fid = fid_from_record(evaluation["fid"])  # null in the record: not finite
+    candidate = Scored(fid, evaluation["fingerprint"]["id"], error=str(evaluation.get("error") or ""))
 
-    _, state = rebuild(load_checkpoint(settings.candidate_dir / "checkpoint.pt"))
-    G = state.G_ema.eval()
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(G, name="generator", **export_args(G))
-        mlflow.log_artifact(str(settings.candidate_dir / "checkpoint.pt"), "checkpoint")
-    tags = lineage_tags(settings, cfg, training, evaluation, lineage)
-    version = mlflow.register_model(info.model_uri, name, tags=tags)
+    existing = registered_version(c, name, str(run_id), training["checkpoint_sha256"])
+    if existing is None:
+        mlflow.set_tracking_uri(settings.mlflow_uri)
+        _, state = rebuild(load_checkpoint(settings.candidate_dir / "checkpoint.pt"))
+        G = state.G_ema.eval()
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pytorch.log_model(G, name="generator", **export_args(G))
+            mlflow.log_artifact(str(settings.candidate_dir / "checkpoint.pt"), "checkpoint")
+        tags = lineage_tags(settings, cfg, training, evaluation, lineage)
+        version = str(mlflow.register_model(info.model_uri, name, tags=tags).version)
+        recorded = None
+    else:
+        version = str(existing.version)
+        recorded = recorded_decision(existing.tags)
 
-    candidate = Scored(float(evaluation["fid"]), evaluation["fingerprint"]["id"], str(version.version))
-    champion = champion_version(c, name)
-    promote, reason = decide(candidate, _scored(champion), cfg.register.promotion_margin)
-    if promote:
-        c.set_registered_model_alias(name, CHAMPION, version.version)
-    c.set_model_version_tag(name, version.version, "promotion.decision", "promoted" if promote else "not promoted")
-    c.set_model_version_tag(name, version.version, "promotion.reason", reason)
-    result = {"model_name": name, "version": str(version.version), "champion": promote, "reason": reason,
-              "model_uri": f"models:/{name}/{version.version}", "metric": evaluation["metric"],
-              "fid": evaluation["fid"], "mlflow_run_id": run_id}
-    write_record(settings.reports_dir / "registration.json", result)
+    if recorded is None:  # a new version, or one whose promotion never completed (a crash in between)
+        promoted, reason = promote(c, name, version, candidate, cfg.register.promotion_margin,
+                                   promote_lock_path(settings, name))
+    else:
+        champion = champion_version(c, name)
+        promoted = champion is not None and str(champion.version) == version
+        reason = f"already registered as v{version} for this training run and checkpoint: {recorded}"
+    result = {"model_name": name, "version": version, "champion": promoted, "reason": reason,
+              "model_uri": f"models:/{name}/{version}", "metric": evaluation["metric"],
+              "fid": fid, "mlflow_run_id": run_id}
+    if evaluation.get("error"):
+        result["error"] = evaluation["error"]
+    write_record(settings.reports_dir / "registration.json", json_safe(result))
     return result
