@@ -26,8 +26,19 @@ def parse_override(text: str) -> tuple[str, str, Any]:
         raise ConfigError(key, "override key must be section.field (e.g. model.arch)")
     if parts[0] not in SECTIONS:
         raise ConfigError(key, f"unknown section {parts[0]!r} (known: {', '.join(SECTIONS)})")
-    value = yaml.safe_load(raw) if raw.strip() else ""
-    return parts[0], parts[1], value
+    return parts[0], parts[1], parse_value(key.strip(), raw)
+
+
+def parse_value(key: str, raw: str) -> Any:
+    """A value is YAML (`5`, `true`, `hinge`), as in params.yaml; malformed YAML (`[`, `{`) from the CLI
+    or the UI's overrides list is the user's mistake, so it names the field instead of a parser traceback."""
+    if not raw.strip():
+        return ""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        why = getattr(e, "problem", None) or type(e).__name__
+        raise ConfigError(key, f"value {raw!r} is not valid YAML ({why}); quote it or fix it") from None
 
 
 def read_params(path: Path) -> dict:

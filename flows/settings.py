@@ -129,3 +129,32 @@ def configure_environment(s: Settings) -> None:
         os.environ.setdefault("RAY_worker_niceness", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    drop_unused_credentials(s)
+
+
+# credentials that only a server reads
+MLFLOW_CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+PREFECT_CREDENTIALS = ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING")
+
+
+def drop_unused_credentials(s: Settings) -> list[str]:
+    """Remove from this process's environment the credentials of services the run does not use, and
+    return their names. An embedded MLflow store ignores MLFLOW_TRACKING_USERNAME for auth, yet MLflow
+    records it as the `mlflow.user` tag of every logged model; and whatever stays in os.environ is
+    inherited by the Ray workers and DVC subprocesses this process starts. Least privilege: keep
+    only what a configured server needs."""
+    unused = []
+    if not s.mlflow_uri.startswith(("http://", "https://", "databricks")):
+        unused += MLFLOW_CREDENTIALS
+    if not os.environ.get("PREFECT_API_URL"):  # the ephemeral API in this process: no auth
+        unused += PREFECT_CREDENTIALS
+    return [k for k in unused if os.environ.pop(k, None) is not None]
+
+
+def without_password(uri: str) -> str:
+    """A URI safe to show or hand on: `https://user:pw@host/x` -> `https://host/x`. Credentials
+    travel in MLFLOW_TRACKING_USERNAME/PASSWORD, never inside a URI that lands in logs or artifacts."""
+    from urllib.parse import urlparse
+
+    p = urlparse(uri)
+    return p._replace(netloc=p.netloc.rpartition("@")[2]).geturl() if "@" in p.netloc else uri

@@ -5,13 +5,15 @@ from __future__ import annotations
 import math
 from urllib.parse import quote
 
+from flows.settings import without_password
+
 
 def mlflow_links(tracking_uri: str, experiment_id: str | None, run_id: str | None, model: str,
                  version: str) -> dict[str, str]:
     """Browser links when MLflow is a server; with a local database there is no UI to link to,
     so the links fall back to the URIs that `mlflow` and `ganpipe` accept."""
     if tracking_uri.startswith(("http://", "https://")):
-        base = tracking_uri.rstrip("/")
+        base = without_password(tracking_uri).rstrip("/")
         return {"run": f"{base}/#/experiments/{experiment_id}/runs/{run_id}",
                 "model": f"{base}/#/models/{quote(model)}/versions/{version}"}
     return {"run": f"runs:/{run_id}", "model": f"models:/{model}/{version}"}

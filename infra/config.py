@@ -19,6 +19,7 @@ class ServicesConfig:
     bucket: str = "ganpipe"
     mlflow_backend_uri: str = ""  # empty: SQLite under services/mlflow; postgresql://... supported
     s3_endpoint: str = ""  # empty: start moto; else use this S3-compatible store (MinIO, S3) as is
+    mlflow_sqlite: str = "warn"  # GANPIPE_MLFLOW_SQLITE: warn | refuse when the MLflow backend is SQLite
 
     @property
     def root(self) -> Path:
@@ -49,10 +50,13 @@ class ServicesConfig:
         cpus = env.get("GANPIPE_RAY_NODE_CPUS", str(max(1, (os.cpu_count() or 2) // 2)))
         if not cpus.isdigit() or int(cpus) < 1:
             raise ValueError(f"GANPIPE_RAY_NODE_CPUS: expected a positive integer, got {cpus!r}")
+        sqlite = env.get("GANPIPE_MLFLOW_SQLITE", "warn")
+        if sqlite not in ("warn", "refuse"):
+            raise ValueError(f"GANPIPE_MLFLOW_SQLITE: expected warn or refuse, got {sqlite!r}")
         return cls(home=home, prefect_port=port("GANPIPE_PREFECT_PORT", 4200),
                    mlflow_port=port("GANPIPE_MLFLOW_PORT", 5000), s3_port=port("GANPIPE_S3_PORT", 9000),
                    ray_port=port("GANPIPE_RAY_PORT", 6379), ray_dashboard_port=port("GANPIPE_RAY_DASHBOARD_PORT", 8265),
                    ray_client_port=port("GANPIPE_RAY_CLIENT_PORT", 10001), ray_node_cpus=int(cpus),
                    bucket=env.get("GANPIPE_BUCKET", "ganpipe"),
                    mlflow_backend_uri=env.get("GANPIPE_MLFLOW_BACKEND_URI", ""),
-                   s3_endpoint=env.get("GANPIPE_S3_ENDPOINT", ""))
+                   s3_endpoint=env.get("GANPIPE_S3_ENDPOINT", ""), mlflow_sqlite=sqlite)

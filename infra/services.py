@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from infra.config import ServicesConfig
-from infra.process import http_ok, pid_of, start, stop, wait_healthy
+from infra.process import ServiceError, http_ok, pid_of, start, stop, wait_healthy
 
 BIN = Path(sys.executable).parent
 
@@ -127,10 +127,11 @@ def plan(cfg: ServicesConfig) -> list[Service]:
     out.append(Service(
         "mlflow",
         [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(cfg.mlflow_port),
-         "--backend-store-uri", cfg.backend_uri, "--artifacts-destination", f"s3://{cfg.bucket}/mlflow",
+         "--artifacts-destination", f"s3://{cfg.bucket}/mlflow",
          "--serve-artifacts", "--workers", "1"],
         # job execution off: it forks ~8 worker processes (~2 GB) the pipeline never uses
-        {**base, **_s3_env(cfg), "MLFLOW_S3_ENDPOINT_URL": cfg.endpoint,
+        # the backend URI (a PostgreSQL password in it) goes by environment: argv is world-readable in ps
+        {**base, **_s3_env(cfg), "MLFLOW_S3_ENDPOINT_URL": cfg.endpoint, "MLFLOW_BACKEND_STORE_URI": cfg.backend_uri,
          "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"},
         lambda: http_ok(f"http://127.0.0.1:{cfg.mlflow_port}/health"), f"http://127.0.0.1:{cfg.mlflow_port}"))
     out.append(Service(
@@ -174,9 +175,23 @@ def write_env_file(cfg: ServicesConfig) -> Path:
     return cfg.env_file
 
 
+def check_mlflow_backend(cfg: ServicesConfig, echo: Callable[[str], None]) -> None:
+    """SQLite takes one writer at a time: parallel runs, a deployment and the UI writing at once hit
+    'database is locked'. Fine on one laptop, so a warning by default; a production profile sets
+    GANPIPE_MLFLOW_SQLITE=refuse so a forgotten GANPIPE_MLFLOW_BACKEND_URI cannot slip through."""
+    if not cfg.backend_uri.startswith("sqlite:"):
+        return
+    why = (f"the MLflow server's backend is SQLite ({cfg.backend_uri}), which serialises concurrent writers "
+           "('database is locked'); set GANPIPE_MLFLOW_BACKEND_URI=postgresql://user:pw@host/db")
+    if cfg.mlflow_sqlite == "refuse":
+        raise ServiceError(f"GANPIPE_MLFLOW_SQLITE=refuse: {why}")
+    echo(f"warning: {why} (GANPIPE_MLFLOW_SQLITE=refuse makes this an error)")
+
+
 def up(cfg: ServicesConfig, echo: Callable[[str], None]) -> Path:
     """Start whatever is not running, in order, each health-checked before the next. If one fails,
     the ones this call started are stopped again, so a failed `up` leaves nothing half-running."""
+    check_mlflow_backend(cfg, echo)  # before anything starts or is written
     cfg.root.mkdir(parents=True, exist_ok=True)
     started: list[Service] = []
     try:

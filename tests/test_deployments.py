@@ -128,3 +128,12 @@ def test_retraining_finds_a_version_trained_from_the_same_inputs(tmp_path):
     assert (str(v.version), champ) == ("2", False)
     assert trained_from_same_inputs(c, "m", {**same, "git.commit": "c2"}) is None  # new code: retrain
     assert trained_from_same_inputs(c, "unknown", same) is None
+
+
+def test_uris_shown_or_handed_on_carry_no_password():
+    from flows.settings import without_password
+
+    assert without_password("https://ann:s3cret@mlflow.example.com/x") == "https://mlflow.example.com/x"
+    assert without_password("sqlite:///a/b.db") == "sqlite:///a/b.db"
+    links = mlflow_links("https://ann:s3cret@mlflow.example.com", "1", "r", "m", "2")
+    assert all("s3cret" not in v for v in links.values())
