@@ -19,6 +19,7 @@ from pydantic import Field
 
 from flows import versioning
 from flows.evaluate import evaluate
+from flows.faults import eval_fault
 from flows.locks import file_lock
 from flows.params import load_config
 from flows.prepare import prepare
@@ -79,6 +80,7 @@ def train_task(cfg: dict, lineage: dict) -> dict:
 @task(name="evaluate", cache_policy=NONE, retries=2, retry_delay_seconds=5, retry_condition_fn=_transient)
 def evaluate_task(cfg: dict) -> dict:
     s = load_settings()
+    eval_fault(s.home / "faults" / f"evaluate-{flow_run.id}.count")  # a no-op unless GANPIPE_FAULT_EVAL is set
     ev = evaluate(s, PipelineConfig.from_dict(cfg))
     versioning.commit(s, "evaluate")
     get_run_logger().info("evaluate: %s = %.4f (fingerprint %s)", ev["metric"], ev["fid"], ev["fingerprint"]["id"])

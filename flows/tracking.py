@@ -56,13 +56,21 @@ def log_metrics(c: MlflowClient, run_id: str, metrics: dict[str, float], step: i
                 synchronous=True)
 
 
-class MlflowMetrics(Callback):
-    """Streams the loop's averaged metrics to an MLflow run, keyed by step (rank 0 only)."""
+def last_logged_step(c: MlflowClient, run_id: str) -> int:
+    """The last step of the run's training curve (0 if none): what a resumed run must not log again."""
+    return max((m.step for m in c.get_metric_history(run_id, "train/images_seen")), default=0)
 
-    def __init__(self, tracking_uri: str, run_id: str, prefix: str = "train/"):
-        self.client, self.run_id, self.prefix = client(tracking_uri), run_id, prefix
+
+class MlflowMetrics(Callback):
+    """Streams the loop's averaged metrics to an MLflow run, keyed by step (rank 0 only), skipping
+    steps at or below `floor` (already logged before a restart)."""
+
+    def __init__(self, tracking_uri: str, run_id: str, prefix: str = "train/", floor: int = 0):
+        self.client, self.run_id, self.prefix, self.floor = client(tracking_uri), run_id, prefix, floor
 
     def on_log(self, state: TrainState, metrics: dict[str, float]) -> None:
+        if state.step <= self.floor:
+            return
         log_metrics(self.client, self.run_id, {**metrics, "images_seen": state.images_seen}, state.step, self.prefix)
 
 
@@ -74,7 +82,7 @@ def champion_version(c: MlflowClient, name: str):
         return None
 
 
-def mlflow_monitor(cfg: PipelineConfig, data_dir, manifest: dict, tracking_uri: str, run_id: str):
+def mlflow_monitor(cfg: PipelineConfig, data_dir, manifest: dict, tracking_uri: str, run_id: str, floor: int = 0):
     """The cheap in-training evaluation, streaming `monitor/<metric>_<n>` curves to the MLflow run.
     Uses the domain classifier (fast on CPU); None when it is off or the dataset has no such stats."""
     from gan_core.metrics.evaluator import DOMAIN, load_evaluator
@@ -85,13 +93,15 @@ def mlflow_monitor(cfg: PipelineConfig, data_dir, manifest: dict, tracking_uri: 
     c = client(tracking_uri)
 
     def sink(step, metrics, fingerprint):
-        log_metrics(c, run_id, metrics, step, prefix="monitor/")
+        if step > floor:
+            log_metrics(c, run_id, metrics, step, prefix="monitor/")
 
     def on_error(step, error):
         c.set_tag(run_id, "monitor.error", f"step {step}: {type(error).__name__}: {error}")
 
     def grid_sink(step, grid):  # MLflow's UI shows these with a step slider, side by side across runs
-        c.log_image(run_id, grid, key="samples", step=step)
+        if step > floor:
+            c.log_image(run_id, grid, key="samples", step=step)
 
     evaluator = load_evaluator(data_dir, manifest, DOMAIN)
     return FIDMonitor(evaluator, cfg.eval.every, cfg.eval.n_cheap, cfg.eval.seed, sink, on_error,

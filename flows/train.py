@@ -14,41 +14,22 @@ from pathlib import Path
 
 import torch
 
+from flows.faults import FaultAt
 from flows.records import write_record
-from flows.settings import Settings
+from flows.resume import CKPT_NAME
+from flows.settings import Settings, without_password
 from gan_core.checkpoint import (gather_rng_states, load_checkpoint, restore, save_checkpoint,
                                  to_checkpoint)
 from gan_core.config import PipelineConfig
 from gan_core.data import ShardedBatches, load_manifest, load_prepared
 from gan_core.files import replace_dir
-from gan_core.train import Callback, TrainState, batch_position, build_state, distribute, train
+from gan_core.train import (Callback, DivergedError, TrainState, batch_position, build_state, distribute,
+                            train)
 
-CKPT_NAME = "checkpoint.pt"
 
 
 class TrainingError(RuntimeError):
     pass
-
-
-class InjectedFault(RuntimeError):
-    """Raised on purpose by the GANPIPE_FAULT_AT seam (tests and drills)."""
-
-
-class FaultAt(Callback):
-    """GANPIPE_FAULT_AT=STEP[:RANK]: that rank raises at the first log point at or past STEP, once
-    per run: a marker file written before raising disarms the restarted worker group, so
-    FailureConfig's restart-from-checkpoint path can be exercised end to end."""
-
-    def __init__(self, spec: str, rank: int, marker: str):
-        step, _, fault_rank = spec.partition(":")
-        self.step, self.rank, self.marker = int(step), int(fault_rank or 0), Path(marker)
-        self.armed = rank == self.rank and not self.marker.exists()
-
-    def on_log(self, state: TrainState, metrics: dict[str, float]) -> None:
-        if self.armed and state.step >= self.step:
-            self.marker.parent.mkdir(parents=True, exist_ok=True)
-            self.marker.write_text(str(state.step))
-            raise InjectedFault(f"injected fault at step {state.step} on rank {self.rank} (GANPIPE_FAULT_AT)")
 
 
 class RayCheckpoints(Callback):
@@ -131,13 +112,7 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     state = build_state(cfg, device, data.num_classes)
     torch.manual_seed(cfg.train.seed * 1_000_003 + rank + 1)  # then a distinct latent stream per rank
-    resumed = ray.train.get_checkpoint()
-    if resumed is not None:
-        with resumed.as_directory() as d:
-            state.world = world
-            restore(state, load_checkpoint(Path(d) / CKPT_NAME), rank)
-        # the step of every resume travels in the checkpoint: lineage, and proof a restart resumed
-        state.extra["resumed_at"] = [*state.extra.get("resumed_at", []), state.step]
+    skipped = resume(state, world, rank)
     if world > 1:
         distribute(state, world)
 
@@ -145,18 +120,73 @@ def train_loop_per_worker(config: dict) -> None:
     labels = torch.from_numpy(data.labels).to(device) if data.labels is not None else None
     batches = ShardedBatches(images, labels, cfg.train.per_worker_batch, rank, world, cfg.train.seed)
 
-    callbacks: list[Callback] = [RayCheckpoints(cfg, rank, config["meta"])]
+    checkpoints = RayCheckpoints(cfg, rank, config["meta"])
+    callbacks: list[Callback] = [checkpoints]
     if config.get("fault_at"):
         callbacks.insert(0, FaultAt(config["fault_at"], rank, config["fault_marker"]))
     if rank == 0 and config.get("mlflow_run_id"):
-        from flows.tracking import MlflowMetrics, client, mlflow_monitor
+        callbacks += mlflow_callbacks(config, cfg, data_dir, data.manifest, nodes, skipped)
+    if state.step >= cfg.train.steps:  # a finished run re-triggered: hand back its final checkpoint,
+        hand_back(rank, state)          # byte for byte, so registration sees the same candidate
+        return
+    try:
+        train(state, batches.from_step(batch_position(state.step, cfg.train)), cfg, callbacks)
+    except DivergedError as e:
+        # every rank raises at the same step (the flag is all-reduced); ending normally keeps
+        # FailureConfig from restarting a run that would only diverge again. The verdict goes next
+        # to the checkpoints, where the driver reads it (Ray's result carries checkpoint metrics only).
+        if rank == 0:
+            storage = ray.train.get_context().get_storage()
+            with storage.storage_filesystem.open_output_stream(f"{storage.experiment_fs_path}/{VERDICT}") as f:
+                f.write(json.dumps({"step": state.step, "reason": str(e)}).encode())
 
-        client(config["mlflow_uri"]).set_tag(config["mlflow_run_id"], "ray.node_ids", ",".join(nodes))
-        callbacks.append(MlflowMetrics(config["mlflow_uri"], config["mlflow_run_id"]))
-        monitor = mlflow_monitor(cfg, data_dir, data.manifest, config["mlflow_uri"], config["mlflow_run_id"])
-        if monitor is not None:
-            callbacks.append(monitor)
-    train(state, batches.from_step(batch_position(state.step, cfg.train)), cfg, callbacks)
+
+def hand_back(rank: int, state: TrainState) -> None:
+    """Report the checkpoint this run resumed from as its result (every rank reports; rank 0 with it)."""
+    import ray.train
+
+    metrics = {"step": state.step, "images_seen": state.images_seen}
+    if rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with ray.train.get_checkpoint().as_directory() as d:
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def resume(state: TrainState, world: int, rank: int) -> list[str]:
+    """Restore the newest valid checkpoint of this run, if any; returns what was skipped."""
+    import ray.train
+
+    from flows.resume import load_resume_point
+
+    latest = ray.train.get_checkpoint()
+    if latest is None:
+        return []
+    ckpt, skipped = load_resume_point(latest)
+    for why in skipped:
+        print(f"resume: skipped {why}", flush=True)  # lands in the worker log Ray keeps
+    state.world = world
+    restore(state, ckpt, rank)
+    # the step of every resume travels in the checkpoint: lineage, and proof a restart resumed
+    state.extra["resumed_at"] = [*state.extra.get("resumed_at", []), state.step]
+    return skipped
+
+
+def mlflow_callbacks(config: dict, cfg: PipelineConfig, data_dir: Path, manifest: dict, nodes: list[str],
+                     skipped: list[str]) -> list[Callback]:
+    """Rank 0's MLflow side: where the ranks ran, what a resume skipped, metric and monitor streams.
+    Steps already in the run's history (logged before a crash, replayed after the resume) are not
+    logged twice: deterministic replay gives the same values, so the first copy stands."""
+    from flows.tracking import MlflowMetrics, client, last_logged_step, mlflow_monitor
+
+    c, run_id = client(config["mlflow_uri"]), config["mlflow_run_id"]
+    c.set_tag(run_id, "ray.node_ids", ",".join(nodes))
+    if skipped:
+        c.set_tag(run_id, "resume.skipped", " | ".join(skipped)[:4900])
+    floor = last_logged_step(c, run_id)
+    out: list[Callback] = [MlflowMetrics(config["mlflow_uri"], run_id, floor=floor)]
+    monitor = mlflow_monitor(cfg, data_dir, manifest, config["mlflow_uri"], run_id, floor=floor)
+    return out + ([monitor] if monitor is not None else [])
 
 
 def _cpus_per_worker(cfg: PipelineConfig) -> int:
@@ -172,17 +202,52 @@ def _cpus_per_worker(cfg: PipelineConfig) -> int:
 def run_storage(uri: str):
     """Ray Train's (storage_path, storage_filesystem) for a folder or s3://bucket/prefix. The S3
     filesystem carries only the endpoint: each node reads credentials from its own environment,
-    so no secret travels with the run."""
+    so no secret travels with the run. Every S3 request is retried with bounded exponential backoff
+    inside the AWS SDK (standard strategy, PYARROW_S3_MAX_ATTEMPTS, connect/request timeouts); a
+    checkpoint upload that still fails fails the worker, and Ray Train resumes from the last
+    registered checkpoint (FailureConfig) or fails the run with it as the restore point."""
     if not uri.startswith("s3://"):
         return uri, None
     from urllib.parse import urlparse
 
-    import pyarrow.fs
+    from flows.retry import s3_filesystem
 
     endpoint = urlparse(os.environ.get("AWS_ENDPOINT_URL", ""))
     kw = {"endpoint_override": endpoint.netloc, "scheme": endpoint.scheme or "https"} if endpoint.netloc else {}
-    fs = pyarrow.fs.S3FileSystem(region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"), **kw)
+    # a pyarrow S3FileSystem whose retry strategy survives the pickling that ships it to every
+    # worker (pyarrow's own drops it back to the default): endpoint and region only, no credentials
+    fs = s3_filesystem(region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"), **kw)
     return uri.removeprefix("s3://").rstrip("/"), fs
+
+
+VERDICT = "diverged.json"
+
+
+class Verdict:
+    """The divergence verdict file of a run, on the run's storage (a folder or a bucket)."""
+
+    def __init__(self, fs, path: str):
+        self.fs, self.path = fs, path
+
+    def read(self) -> str | None:
+        import pyarrow.fs
+
+        if self.fs.get_file_info(self.path).type != pyarrow.fs.FileType.File:
+            return None
+        with self.fs.open_input_stream(self.path) as f:
+            return json.loads(f.read())["reason"]
+
+    def delete(self) -> None:
+        import pyarrow.fs
+
+        if self.fs.get_file_info(self.path).type == pyarrow.fs.FileType.File:
+            self.fs.delete_file(self.path)
+
+
+def divergence_verdict(storage_path: str, storage_fs, run_name: str) -> Verdict:
+    import pyarrow.fs
+
+    return Verdict(storage_fs or pyarrow.fs.LocalFileSystem(), f"{storage_path.rstrip('/')}/{run_name}/{VERDICT}")
 
 
 def run_training(settings: Settings, cfg: PipelineConfig, data_dir: str, run_name: str,
@@ -198,8 +263,6 @@ def run_training(settings: Settings, cfg: PipelineConfig, data_dir: str, run_nam
         if settings.ray_address:
             ray.init(address=settings.ray_address, runtime_env={"env_vars": env_vars})
         else:
-            # the dashboard hosts the State API that Ray Train's placement-group cleaner polls;
-            # without it every run logs a warning per second
             # address="local": always a fresh instance, never whatever cluster /tmp/ray last recorded
             ray.init(address="local", num_cpus=os.cpu_count(), runtime_env={"env_vars": env_vars},
                      logging_level="WARNING")
@@ -212,7 +275,7 @@ def run_training(settings: Settings, cfg: PipelineConfig, data_dir: str, run_nam
             train_loop_config={"pipeline": cfg.to_dict(), "data_dir": data_dir, "threads": cpus, "meta": meta,
                                "data_sha256": load_manifest(data_dir)["content_sha256"],
                                "data_ref": ship_dataset(Path(data_dir)) if settings.ray_address else None,
-                               "mlflow_uri": settings.mlflow_uri, "mlflow_run_id": mlflow_run_id,
+                               "mlflow_uri": without_password(settings.mlflow_uri), "mlflow_run_id": mlflow_run_id,
                                "fault_at": os.environ.get("GANPIPE_FAULT_AT", ""),
                                "fault_marker": str(settings.home / "faults" / f"{run_name}.fired")},
             scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
@@ -222,10 +285,15 @@ def run_training(settings: Settings, cfg: PipelineConfig, data_dir: str, run_nam
                                  failure_config=FailureConfig(max_failures=cfg.train.max_failures),
                                  checkpoint_config=CheckpointConfig(num_to_keep=2)),
         )
+        verdict = divergence_verdict(storage_path, storage_fs, run_name)
+        verdict.delete()  # a re-triggered run is judged on its own steps
         try:
             result = trainer.fit()
         except Exception as e:
             raise TrainingError(f"Ray Train run {run_name!r} failed: {type(e).__name__}: {e}") from e
+        if reason := verdict.read():  # before the checkpoint: it predates the divergence
+            raise DivergedError(f"Ray Train run {run_name!r} {reason}; no checkpoint after it was kept, "
+                                "nothing is registered, no retry")
         if result.checkpoint is None:
             raise TrainingError(f"Ray Train run {run_name!r} finished without a checkpoint")
         with result.checkpoint.as_directory() as d:
@@ -270,12 +338,39 @@ def check_dataset_fits(cfg: PipelineConfig, manifest: dict, prepared: Path) -> N
                                         f"has {classes} classes; use a labelled dataset or an unconditional family")
 
 
-def train_stage(settings: Settings, cfg: PipelineConfig, lineage: dict) -> dict:
-    """The train stage: open the MLflow run with its lineage tags, then train on Ray."""
-    import time
+def run_name_for(settings: Settings, cfg: PipelineConfig, manifest: dict) -> str:
+    """A training run is named by what it trains from: params hash, dataset content and code
+    version. A re-triggered run (after a driver crash, or simply again) therefore finds its own
+    checkpoints in Ray's storage and resumes instead of starting over."""
+    import hashlib
 
     from flows import versioning
-    from flows.tracking import client, experiment_id, model_name, start_run
+    from flows.tracking import model_name
+
+    inputs = f"{cfg.params_hash()}|{manifest['content_sha256']}|{versioning.code_version(settings)}"
+    return f"{model_name(cfg)}-{hashlib.sha256(inputs.encode()).hexdigest()[:12]}"
+
+
+def open_mlflow_run(c, exp: str, run_name: str, cfg: PipelineConfig, tags: dict) -> str:
+    """The MLflow run of this training run: the one a crashed or earlier attempt opened (same
+    run name), reopened, so one training run has one MLflow run and one curve; else a new one."""
+    from flows.tracking import start_run
+
+    found = c.search_runs([exp], filter_string=f"tags.`ray.run_name` = '{run_name}'", max_results=1,
+                          order_by=["attributes.start_time DESC"])
+    if not found:
+        return start_run(c, exp, run_name, cfg, tags)
+    run_id = found[0].info.run_id
+    c.update_run(run_id, status="RUNNING")
+    for k, v in tags.items():
+        c.set_tag(run_id, k, v)
+    return run_id
+
+
+def train_stage(settings: Settings, cfg: PipelineConfig, lineage: dict) -> dict:
+    """The train stage: open the MLflow run with its lineage tags, then train on Ray."""
+    from flows import versioning
+    from flows.tracking import client, experiment_id
 
     prepared = settings.prepared_dir(cfg.data.name)
     manifest = load_manifest(prepared)
@@ -284,14 +379,14 @@ def train_stage(settings: Settings, cfg: PipelineConfig, lineage: dict) -> dict:
             "dataset_sha256": manifest["content_sha256"],
             "params_sha256": cfg.params_hash(), "git_commit": versioning.git_commit(settings),
             "prefect_flow_run_id": lineage.get("prefect.flow_run_id", "none")}
-    run_name = f"{model_name(cfg)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_name = run_name_for(settings, cfg, manifest)
     c = client(settings.mlflow_uri)
     embedded = settings.mlflow_uri.startswith(("sqlite:", "file:"))
     exp = experiment_id(c, f"{cfg.register.model_prefix}-{cfg.data.dataset}",
                         settings.mlflow_artifacts.as_uri() if embedded else None)
     tags = {"ray.run_name": run_name, "dataset.name": cfg.data.name, "model.arch": cfg.model.arch,
             **{f"lineage.{k}": str(v) for k, v in meta.items()}}
-    run_id = start_run(c, exp, run_name, cfg, tags)
+    run_id = open_mlflow_run(c, exp, run_name, cfg, tags)
     try:
         return run_training(settings, cfg, str(prepared), run_name, run_id, meta)
     except BaseException:

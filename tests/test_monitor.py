@@ -8,7 +8,7 @@ from conftest import blobs, tiny_config
 from gan_core.data import ShardedBatches, load_manifest
 from gan_core.metrics.evaluator import load_evaluator
 from gan_core.metrics.monitor import FIDMonitor
-from gan_core.train import build_state, train
+from gan_core.train import Callback, build_state, train
 
 
 @pytest.fixture
@@ -28,13 +28,10 @@ def test_scores_every_k_steps_into_the_sink(evaluator):
     mon = FIDMonitor(evaluator, every=4, n=32, seed=0, sink=lambda step, m, fp: seen.append((step, m, fp)))
     cfg = tiny_config(train={"steps": 8, "log_every": 2, "checkpoint_every": 8})
 
-    class SlowTraining:  # steps slower than an evaluation: every snapshot gets scored
+    class SlowTraining(Callback):  # steps slower than an evaluation: every snapshot gets scored
         def on_log(self, state, metrics):
             if mon.pending is not None:
                 mon.pending.result()
-
-        def on_checkpoint(self, state): ...
-        def on_train_end(self, state): ...
 
     _run(cfg, [SlowTraining(), mon])
     assert [s for s, _, _ in seen] == [4, 8] and mon.skipped == []
@@ -60,9 +57,7 @@ def test_training_never_waits_and_busy_snapshots_are_skipped(evaluator):
     mon = FIDMonitor(slow, every=2, n=32, seed=0, sink=lambda step, m, fp: steps.append(step))
     cfg = tiny_config(train={"steps": 10, "log_every": 2, "checkpoint_every": 10})
 
-    class Release:  # lets the first evaluation finish only once training is over
-        def on_log(self, state, metrics): ...
-        def on_checkpoint(self, state): ...
+    class Release(Callback):  # lets the first evaluation finish only once training is over
         def on_train_end(self, state):
             done.append(time.perf_counter())
             slow.release.set()

@@ -83,3 +83,90 @@ def test_families_train_under_ddp_on_two_workers(setup, arch):
     ckpt = load_checkpoint(ref["checkpoint"])
     assert ckpt["step"] == 4 and ckpt["world"] == 2 and ckpt["images_seen"] == 4 * 2 * 16
     assert ckpt["n_classes"] == (10 if arch == "biggan" else 0)  # digits' classes reach a conditional family
+
+
+def _mlflow_run(s, name):
+    from flows.tracking import client, experiment_id
+
+    c = client(s.mlflow_uri)
+    exp = experiment_id(c, "faults", (s.home / "mlartifacts").as_uri())
+    return c, c.create_run(exp, run_name=name).info.run_id
+
+
+def _same_state(a: dict, b: dict) -> bool:
+    """G, D, G_ema and both optimizers, tensor for tensor."""
+    def flat(x, prefix=""):
+        if isinstance(x, dict):
+            for k, v in x.items():
+                yield from flat(v, f"{prefix}/{k}")
+        elif isinstance(x, (list, tuple)):
+            for i, v in enumerate(x):
+                yield from flat(v, f"{prefix}/{i}")
+        else:
+            yield prefix, x
+
+    left = dict(flat({k: a[k] for k in ("models", "optimizers")}))
+    right = dict(flat({k: b[k] for k in ("models", "optimizers")}))
+    import torch
+
+    return left.keys() == right.keys() and all(
+        torch.equal(v, right[k]) if isinstance(v, torch.Tensor) else v == right[k] for k, v in left.items())
+
+
+def test_a_sigkilled_worker_resumes_exactly_and_logs_each_step_once(setup):
+    """SIGKILL of rank 1 after step 15 (checkpoints at 10, 20; max_failures=1): one restart from step 10,
+    the configured 20 steps exactly, the same G, D, G_ema and optimizer state as a run without the
+    kill, and an MLflow curve where each step appears once with the uninterrupted run's values."""
+    s, cfg, data = setup
+    c, straight_run = _mlflow_run(s, "straight")
+    straight = run_training(s, cfg, data["path"], "det-straight", straight_run, {})
+    _, killed_run = _mlflow_run(s, "killed")
+    os.environ["GANPIPE_FAULT_AT"] = "15:1:kill"
+    try:
+        killed = run_training(s, cfg, data["path"], "det-killed", killed_run, {})
+    finally:
+        del os.environ["GANPIPE_FAULT_AT"]
+    assert (s.home / "faults" / "det-killed.fired").read_text() == "15"
+    a, b = load_checkpoint(straight["checkpoint"]), load_checkpoint(killed["checkpoint"])
+    assert b["extra"]["resumed_at"] == [10] and b["step"] == a["step"] == 20
+    assert b["images_seen"] == a["images_seen"] == 20 * 16
+    assert _same_state(a, b)
+    curve = [(m.step, m.value) for m in c.get_metric_history(killed_run, "train/loss_d")]
+    assert [st for st, _ in curve] == [5, 10, 15, 20]  # 15 was logged before the kill and not again
+    assert curve == [(m.step, m.value) for m in c.get_metric_history(straight_run, "train/loss_d")]
+
+
+def test_a_torn_newest_checkpoint_is_skipped_for_the_previous_valid_one(setup):
+    s, cfg, data = setup
+    run_training(s, cfg, data["path"], "torn", None, {})
+    run_dir = Path(s.ray_storage) / "torn"
+    newest = sorted(p for p in run_dir.iterdir() if p.is_dir() and p.name.startswith("checkpoint_"))[-1]
+    f = newest / "checkpoint.pt"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # killed mid-write
+    longer = tiny_config(data={"resolution": 8}, train={"steps": 30, "batch_size": 16, "num_workers": 2,
+                                                        "log_every": 5, "checkpoint_every": 10})
+    c, run_id = _mlflow_run(s, "torn")
+    ref = run_training(s, longer, data["path"], "torn", run_id, {})  # the same run, re-triggered
+    ckpt = load_checkpoint(ref["checkpoint"])
+    assert ckpt["extra"]["resumed_at"] == [10] and ckpt["step"] == 30  # from step 10, not the torn 20
+    skipped = c.get_run(run_id).data.tags["resume.skipped"]
+    assert newest.name in skipped and "sha256 differs" in skipped
+
+
+def test_a_nan_loss_stops_the_run_as_diverged_with_no_retry(setup):
+    from gan_core.train import DivergedError
+
+    s, _, data = setup
+    cfg = tiny_config(data={"resolution": 8}, train={"steps": 20, "batch_size": 16, "num_workers": 2,
+                                                     "log_every": 5, "checkpoint_every": 5, "max_failures": 1})
+    os.environ["GANPIPE_FAULT_AT"] = "12:1:nan"  # rank 1's D turns NaN after step 12
+    try:
+        with pytest.raises(DivergedError, match="diverged at step 13: non-finite"):
+            run_training(s, cfg, data["path"], "nan", None, {})
+    finally:
+        del os.environ["GANPIPE_FAULT_AT"]
+    run_dir = Path(s.ray_storage) / "nan"
+    ckpts = [load_checkpoint(p / "checkpoint.pt") for p in run_dir.iterdir()
+             if p.is_dir() and p.name.startswith("checkpoint_")]
+    assert sorted(c["step"] for c in ckpts) == [5, 10]  # nothing after the poisoning became a checkpoint
+    assert not any("resumed_at" in c["extra"] for c in ckpts)  # and no restart was attempted

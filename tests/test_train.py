@@ -6,6 +6,7 @@ import torch
 from conftest import blobs, tiny_config
 from gan_core.config import ConfigError
 from gan_core.data import ShardedBatches
+from gan_core.steps import unwrap
 from gan_core.train import Callback, DivergedError, build_state, ema_update, train
 
 
@@ -67,12 +68,24 @@ def test_loop_reports_through_callbacks_and_stops_at_steps():
     assert all(m["images_per_s"] > 0 for _, m in rec.logs)
 
 
-def test_non_finite_loss_stops_training_as_diverged():
-    cfg = tiny_config(train={"steps": 10, "log_every": 1})
-    s = build_state(cfg)
-    with torch.no_grad():
-        next(s.D.parameters()).fill_(float("nan"))
+def test_non_finite_loss_stops_training_as_diverged_at_that_step():
+    """Checked every step, not only at log points, and before the step can be checkpointed."""
+    cfg = tiny_config(train={"steps": 10, "log_every": 5, "checkpoint_every": 1})
+
+    class PoisonAt3(Callback):
+        def __init__(self):
+            self.ckpts = []
+
+        def on_step(self, state):
+            if state.step == 3:
+                with torch.no_grad():
+                    next(unwrap(state.D).parameters()).fill_(float("nan"))
+
+        def on_checkpoint(self, state):
+            self.ckpts.append(state.step)
+
+    s, cb = build_state(cfg), PoisonAt3()
     images, _ = blobs(64)
-    with pytest.raises(DivergedError, match="non-finite"):
-        train(s, ShardedBatches(torch.from_numpy(images), None, 8, 0, 1, 0).from_step(0), cfg)
-    assert s.step == 1
+    with pytest.raises(DivergedError, match="diverged at step 4: non-finite"):
+        train(s, ShardedBatches(torch.from_numpy(images), None, 8, 0, 1, 0).from_step(0), cfg, [cb])
+    assert s.step == 4 and cb.ckpts == [1, 2, 3]  # nothing after the poisoning
