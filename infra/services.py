@@ -81,13 +81,24 @@ def _s3_env(cfg: ServicesConfig) -> dict[str, str]:
             **credentials(cfg)}
 
 
+def _ray_auth_header() -> dict[str, str]:
+    """Ray's token auth (on once a token exists in ~/.ray/auth_token or RAY_AUTH_TOKEN): the
+    dashboard's API then wants the token as a bearer header."""
+    token = os.environ.get("RAY_AUTH_TOKEN") or ""
+    f = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    if not token and f.is_file():
+        token = f.read_text().strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def _ray_nodes_alive(cfg: ServicesConfig, want: int) -> bool:
     """The dashboard's State API lists nodes; healthy means `want` of them alive."""
     import urllib.request
 
     url = f"http://127.0.0.1:{cfg.ray_dashboard_port}/api/v0/nodes?limit=100"
+    req = urllib.request.Request(url, headers=_ray_auth_header())
     try:
-        with urllib.request.urlopen(url, timeout=3) as r:
+        with urllib.request.urlopen(req, timeout=3) as r:
             nodes = json.load(r)["data"]["result"]["result"]
     except (OSError, KeyError, ValueError):
         return False
@@ -143,7 +154,9 @@ def plan(cfg: ServicesConfig) -> list[Service]:
         lambda: http_ok(f"http://127.0.0.1:{cfg.prefect_port}/api/health"), f"http://127.0.0.1:{cfg.prefect_port}"))
     # Ray nodes carry the S3 settings in their environment, so workers write checkpoints to the
     # bucket without credentials ever travelling in a runtime_env or a pickled filesystem
-    ray_env = {**base, **_s3_env(cfg), "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}
+    # both nodes pin one auth mode: a head that found a token in ~/.ray (left by some other Ray use)
+    # turned token auth on, and the worker, without it, was refused. The stack listens on 127.0.0.1 only.
+    ray_env = {**base, **_s3_env(cfg), "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1", "RAY_AUTH_MODE": "disabled"}
     common = ["--node-ip-address", "127.0.0.1", "--num-cpus", str(cfg.ray_node_cpus), "--block",
               "--disable-usage-stats"]
     out.append(Service(
