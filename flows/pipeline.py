@@ -214,7 +214,7 @@ def retrain(dataset: Optional[str] = None, arch: Optional[Arch] = None, force: b
     Args:
         dataset: NAME or NAME@vN; empty: params.yaml's data.name
         arch: the GAN family; empty: params.yaml's model.arch
-        force: train even when nothing changed
+        force: run even when nothing changed (the same inputs give back the same model; change train.seed for another)
         overrides: extra section.field=value settings
     """
     return _run(form_overrides(dict(dataset=dataset, arch=arch), overrides), skip_unchanged=not force)
