@@ -147,7 +147,7 @@ def served(stack):
         log.close()
 
 
-def test_scheduled_retrain_triggered_through_the_api_skips_then_trains_when_forced(served):
+def test_scheduled_retrain_triggered_through_the_api_skips_unchanged_inputs(served):
     assert set(served.prefect_api("deployments")["deployments"]) == {"ganpipe-retrain/scheduled-retrain",
                                                                       "ganpipe-pipeline/on-demand"}
     versions_before = len(served.mlflow().search_model_versions(f"name='{MODEL}'"))
