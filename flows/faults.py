@@ -1,6 +1,8 @@
 """Fault seams for drills and tests, owned by the code so no test edits it: environment variables
 read once by the driver and handed to the workers.
 
+Seams act only when drills are switched on explicitly with GANPIPE_DRILLS=1 (flows/drills.py).
+
 GANPIPE_FAULT_AT=STEP[:RANK[:KIND]]: after step STEP (or the first step past it, after a resume)
 on rank RANK (default 0), once per run unless KIND is `always`:
   raise   raise InjectedFault (default): FailureConfig restarts the group from the last checkpoint
@@ -8,6 +10,8 @@ on rank RANK (default 0), once per run unless KIND is `always`:
   kill    SIGKILL this worker process: a crashed node, no exception, no cleanup
   nan     set this rank's D weights to NaN: the next step's losses are NaN (divergence)
   stall   sleep until killed: a hung worker, for tests that kill the driver mid-training
+  desync  nudge one of this rank's G weights: replicas that drifted apart (the replica check at the
+          next checkpoint must catch it)
 A marker file written before acting disarms the restarted worker group (and a re-triggered run).
 
 GANPIPE_FAULT_EVAL=N: the evaluate stage raises a transient error on its first N attempts of a
@@ -22,10 +26,11 @@ from pathlib import Path
 
 import torch
 
+from flows.drills import seam
 from gan_core.steps import unwrap
 from gan_core.train import Callback, TrainState
 
-KINDS = ("raise", "always", "kill", "nan", "stall")
+KINDS = ("raise", "always", "kill", "nan", "stall", "desync")
 
 
 class InjectedFault(RuntimeError):
@@ -54,6 +59,9 @@ class FaultAt(Callback):
             with torch.no_grad():
                 for p in unwrap(state.D).parameters():
                     p.fill_(float("nan"))
+        elif self.kind == "desync":
+            with torch.no_grad():
+                next(unwrap(state.G).parameters()).view(-1)[0].add_(1e-3)
         elif self.kind == "stall":
             while True:
                 time.sleep(60)
@@ -63,7 +71,7 @@ class FaultAt(Callback):
 
 def eval_fault(marker: Path) -> None:
     """GANPIPE_FAULT_EVAL=N: raise InjectedFault on the first N calls that share `marker`."""
-    n = int(os.environ.get("GANPIPE_FAULT_EVAL", "0") or 0)
+    n = int(seam("GANPIPE_FAULT_EVAL") or 0)
     done = int(marker.read_text()) if marker.is_file() else 0
     if done < n:
         marker.parent.mkdir(parents=True, exist_ok=True)

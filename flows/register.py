@@ -49,7 +49,9 @@ def promote_lock_path(settings: Settings, name: str) -> Path:
 
 
 def _fault_delay() -> None:
-    raw = os.environ.get(PROMOTE_DELAY_ENV, "").strip()
+    from flows.drills import seam
+
+    raw = seam(PROMOTE_DELAY_ENV)  # a no-op unless GANPIPE_DRILLS=1
     if not raw:
         return
     try:

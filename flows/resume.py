@@ -1,10 +1,19 @@
 """Where a restarted or re-triggered training run continues from: the newest checkpoint in the
-run's storage that verifies (hash sidecar, weights-only load). Ray hands back its latest reported
-checkpoint; if that one is torn or corrupt, older ones are tried, newest first, and each one
-skipped is named. Every rank makes the same choice from the same listing."""
+run's storage that verifies (hash sidecar, weights-only load, self-consistency).
+
+Ray's record of the latest checkpoint is one input, not the only one: a checkpoint is uploaded to
+storage before `ray.train.report` returns, but Ray's controller records it only when it next polls
+the workers. A worker group that dies in between (measured: a SIGKILL right after the step-10
+report) restarts with `get_checkpoint() is None`, and trusting Ray alone threw away every step
+since the previous checkpoint the controller happened to see. So the run folder on storage is
+listed too; folders are named checkpoint_<timestamp>, so name order is time order. Torn, partial
+or edited folders are skipped, each one named. Rank 0 chooses and broadcasts its choice, so every
+rank restores the same step even if the listing were to change underneath them.
+"""
 from __future__ import annotations
 
 import posixpath
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gan_core.checkpoint import CheckpointError, load_checkpoint
@@ -16,26 +25,59 @@ class NoValidCheckpoint(RuntimeError):
     pass
 
 
-def _older_siblings(checkpoint) -> list:
-    """Checkpoint folders of the same run older than `checkpoint`, newest first. Ray names them
-    checkpoint_<timestamp>, so name order is time order."""
+@dataclass
+class ResumePoint:
+    checkpoint: dict | None  # None: nothing on storage, a fresh start
+    path: str | None  # the checkpoint folder on the run's storage
+    skipped: list[str] = field(default_factory=list)  # "<folder>: <why>" for each newer one refused
+
+
+def run_checkpoints(fs, run_path: str, recorded: str | None = None) -> list[str]:
+    """Checkpoint folders of the run at `run_path` on `fs` (pyarrow), newest first, plus the one Ray
+    recorded (normally among them already)."""
     import pyarrow.fs
+
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(run_path.rstrip("/"), allow_not_found=True))
+    found = {i.path.rstrip("/") for i in infos if i.type == pyarrow.fs.FileType.Directory
+             and posixpath.basename(i.path.rstrip("/")).startswith("checkpoint_")}
+    if recorded:
+        found.add(recorded.rstrip("/"))
+    return sorted(found, key=posixpath.basename, reverse=True)
+
+
+def load_folder(fs, path: str) -> dict:
+    """Load and verify the checkpoint in one storage folder (downloaded first when remote)."""
     import ray.train
 
-    fs, here = checkpoint.filesystem, checkpoint.path.rstrip("/")
-    infos = fs.get_file_info(pyarrow.fs.FileSelector(posixpath.dirname(here)))
-    older = sorted((i.path for i in infos if i.type == pyarrow.fs.FileType.Directory
-                    and posixpath.basename(i.path).startswith("checkpoint_") and i.path < here), reverse=True)
-    return [ray.train.Checkpoint(p, filesystem=fs) for p in older]
+    with ray.train.Checkpoint(path, filesystem=fs).as_directory() as d:
+        return load_checkpoint(Path(d) / CKPT_NAME)
 
 
-def load_resume_point(checkpoint) -> tuple[dict, list[str]]:
-    """(checkpoint dict, what was skipped and why) for the newest valid checkpoint."""
+def newest_valid(fs, run_path: str, recorded: str | None = None) -> ResumePoint:
+    """The newest checkpoint of the run that verifies. A run with checkpoint folders none of which
+    verifies is an error (starting over would silently discard the run), naming every folder."""
     skipped: list[str] = []
-    for candidate in [checkpoint, *_older_siblings(checkpoint)]:
+    folders = run_checkpoints(fs, run_path, recorded)
+    for path in folders:
         try:
-            with candidate.as_directory() as d:
-                return load_checkpoint(Path(d) / CKPT_NAME), skipped
+            return ResumePoint(load_folder(fs, path), path, skipped)
         except (CheckpointError, OSError) as e:
-            skipped.append(f"{posixpath.basename(candidate.path.rstrip('/'))}: {e}")
-    raise NoValidCheckpoint("no valid checkpoint to resume from; skipped " + "; ".join(skipped))
+            skipped.append(f"{posixpath.basename(path)}: {e}")
+    if folders:
+        raise NoValidCheckpoint(f"{run_path}: no valid checkpoint to resume from; skipped " + "; ".join(skipped))
+    return ResumePoint(None, None, [])
+
+
+def agreed_resume_point(fs, run_path: str, recorded: str | None, rank: int, world: int) -> ResumePoint:
+    """Rank 0 chooses from storage; the others load the folder it chose (a collective when world > 1)."""
+    if world == 1:
+        return newest_valid(fs, run_path, recorded)
+    import torch.distributed as dist
+
+    point = newest_valid(fs, run_path, recorded) if rank == 0 else None
+    choice = [None if point is None else (point.path, point.skipped)]
+    dist.broadcast_object_list(choice, src=0)
+    if rank == 0:
+        return point
+    path, skipped = choice[0]
+    return ResumePoint(load_folder(fs, path) if path else None, path, skipped)

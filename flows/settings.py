@@ -83,6 +83,12 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     from_file = {k: v for k, v in read_env_file(Path(env["GANPIPE_ENV_FILE"])).items() if k not in env} \
         if env.get("GANPIPE_ENV_FILE") else {}
     env.update(from_file)
+    from flows.drills import DrillsRefused, check_profile
+
+    try:
+        check_profile(env)
+    except DrillsRefused as e:
+        raise SettingsError(str(e)) from e
     ws = Path(env["GANPIPE_WORKSPACE"]).resolve() if env.get("GANPIPE_WORKSPACE") else find_workspace(Path.cwd())
     home = Path(env.get("GANPIPE_HOME") or ws / ".ganpipe").resolve()
     remote = env.get("GANPIPE_DVC_REMOTE", "ganpipe-local")

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
-from flows.faults import FaultAt
+from flows.faults import FaultAt, seam
 from flows.records import write_record
 from flows.resume import CKPT_NAME
 from flows.settings import Settings, without_password
@@ -23,6 +24,7 @@ from gan_core.checkpoint import (gather_rng_states, load_checkpoint, restore, sa
 from gan_core.config import PipelineConfig
 from gan_core.data import ShardedBatches, load_manifest, load_prepared
 from gan_core.files import replace_dir
+from gan_core.replicas import check_replicas
 from gan_core.train import (Callback, DivergedError, TrainState, batch_position, build_state, distribute,
                             train)
 
@@ -34,7 +36,8 @@ class TrainingError(RuntimeError):
 
 class RayCheckpoints(Callback):
     """Reports a checkpoint to Ray every checkpoint_every steps. Every rank must call report;
-    only rank 0 writes the file. Per-rank RNG states are gathered first (a collective)."""
+    only rank 0 writes the file. First the ranks check their replicas agree (rank 0's file stands
+    for all of them) and gather their RNG states (both collectives)."""
 
     def __init__(self, cfg: PipelineConfig, rank: int, meta: dict):
         self.cfg, self.rank, self.meta = cfg, rank, meta
@@ -42,6 +45,7 @@ class RayCheckpoints(Callback):
     def on_checkpoint(self, state: TrainState) -> None:
         import ray.train
 
+        check_replicas({"G": state.G, "D": state.D, "G_ema": state.G_ema}, state.step)
         rng = gather_rng_states()
         metrics = {"step": state.step, "images_seen": state.images_seen}
         if self.rank != 0:
@@ -112,7 +116,7 @@ def train_loop_per_worker(config: dict) -> None:
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     state = build_state(cfg, device, data.num_classes)
     torch.manual_seed(cfg.train.seed * 1_000_003 + rank + 1)  # then a distinct latent stream per rank
-    skipped = resume(state, world, rank)
+    point = resume(state, world, rank)
     if world > 1:
         distribute(state, world)
 
@@ -125,9 +129,9 @@ def train_loop_per_worker(config: dict) -> None:
     if config.get("fault_at"):
         callbacks.insert(0, FaultAt(config["fault_at"], rank, config["fault_marker"]))
     if rank == 0 and config.get("mlflow_run_id"):
-        callbacks += mlflow_callbacks(config, cfg, data_dir, data.manifest, nodes, skipped)
+        callbacks += mlflow_callbacks(config, cfg, data_dir, data.manifest, nodes, point.skipped)
     if state.step >= cfg.train.steps:  # a finished run re-triggered: hand back its final checkpoint,
-        hand_back(rank, state)          # byte for byte, so registration sees the same candidate
+        hand_back(rank, state, point)   # byte for byte, so registration sees the same candidate
         return
     try:
         train(state, batches.from_step(batch_position(state.step, cfg.train)), cfg, callbacks)
@@ -141,7 +145,7 @@ def train_loop_per_worker(config: dict) -> None:
                 f.write(json.dumps({"step": state.step, "reason": str(e)}).encode())
 
 
-def hand_back(rank: int, state: TrainState) -> None:
+def hand_back(rank: int, state: TrainState, point) -> None:
     """Report the checkpoint this run resumed from as its result (every rank reports; rank 0 with it)."""
     import ray.train
 
@@ -149,27 +153,34 @@ def hand_back(rank: int, state: TrainState) -> None:
     if rank != 0:
         ray.train.report(metrics, checkpoint=None)
         return
-    with ray.train.get_checkpoint().as_directory() as d:
+    storage = ray.train.get_context().get_storage()
+    with ray.train.Checkpoint(point.path, filesystem=storage.storage_filesystem).as_directory() as d:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
-def resume(state: TrainState, world: int, rank: int) -> list[str]:
-    """Restore the newest valid checkpoint of this run, if any; returns what was skipped."""
+def resume(state: TrainState, world: int, rank: int):
+    """Restore the newest valid checkpoint of this run on storage, whether or not Ray's controller
+    recorded it (see flows/resume.py); returns the ResumePoint (what was restored, what was skipped)."""
     import ray.train
 
-    from flows.resume import load_resume_point
+    from flows.resume import agreed_resume_point
 
-    latest = ray.train.get_checkpoint()
-    if latest is None:
-        return []
-    ckpt, skipped = load_resume_point(latest)
-    for why in skipped:
+    storage = ray.train.get_context().get_storage()
+    recorded = ray.train.get_checkpoint()
+    point = agreed_resume_point(storage.storage_filesystem, storage.experiment_fs_path,
+                                recorded.path if recorded is not None else None, rank, world)
+    for why in point.skipped:
         print(f"resume: skipped {why}", flush=True)  # lands in the worker log Ray keeps
+    if point.checkpoint is None:
+        return point
+    if recorded is None or recorded.path.rstrip("/") != point.path:
+        print(f"resume: {posixpath.basename(point.path)} is newer than Ray's record "
+              f"({'none' if recorded is None else posixpath.basename(recorded.path.rstrip('/'))})", flush=True)
     state.world = world
-    restore(state, ckpt, rank)
+    restore(state, point.checkpoint, rank)
     # the step of every resume travels in the checkpoint: lineage, and proof a restart resumed
     state.extra["resumed_at"] = [*state.extra.get("resumed_at", []), state.step]
-    return skipped
+    return point
 
 
 def mlflow_callbacks(config: dict, cfg: PipelineConfig, data_dir: Path, manifest: dict, nodes: list[str],
@@ -276,7 +287,7 @@ def run_training(settings: Settings, cfg: PipelineConfig, data_dir: str, run_nam
                                "data_sha256": load_manifest(data_dir)["content_sha256"],
                                "data_ref": ship_dataset(Path(data_dir)) if settings.ray_address else None,
                                "mlflow_uri": without_password(settings.mlflow_uri), "mlflow_run_id": mlflow_run_id,
-                               "fault_at": os.environ.get("GANPIPE_FAULT_AT", ""),
+                               "fault_at": seam("GANPIPE_FAULT_AT"),
                                "fault_marker": str(settings.home / "faults" / f"{run_name}.fired")},
             scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                          resources_per_worker=None if cfg.train.use_gpu else {"CPU": cpus}),
@@ -294,15 +305,34 @@ def run_training(settings: Settings, cfg: PipelineConfig, data_dir: str, run_nam
         if reason := verdict.read():  # before the checkpoint: it predates the divergence
             raise DivergedError(f"Ray Train run {run_name!r} {reason}; no checkpoint after it was kept, "
                                 "nothing is registered, no retry")
-        if result.checkpoint is None:
-            raise TrainingError(f"Ray Train run {run_name!r} finished without a checkpoint")
-        with result.checkpoint.as_directory() as d:
+        final = final_checkpoint(result, storage_path, storage_fs, run_name, cfg.train.steps)
+        with final.as_directory() as d:
             ckpt_file = Path(d) / CKPT_NAME
             ckpt = load_checkpoint(ckpt_file)  # verifies the hash before it becomes the candidate
             return publish_candidate(settings, ckpt_file, ckpt, run_name, mlflow_run_id, result.path)
     finally:
         if started:
             ray.shutdown()
+
+
+def final_checkpoint(result, storage_path: str, storage_fs, run_name: str, steps: int):
+    """The finished run's last checkpoint: the newest on storage that verifies (the same rule as a
+    resume, so the candidate never depends on whether Ray's controller polled the last report),
+    which must be at the configured step count; Ray's result is the fallback record."""
+    import pyarrow.fs
+    import ray.train
+
+    from flows.resume import newest_valid
+
+    fs = storage_fs or pyarrow.fs.LocalFileSystem()
+    recorded = result.checkpoint.path if result.checkpoint is not None else None
+    point = newest_valid(fs, f"{storage_path.rstrip('/')}/{run_name}", recorded)
+    if point.checkpoint is None:
+        raise TrainingError(f"Ray Train run {run_name!r} finished without a checkpoint")
+    if int(point.checkpoint["step"]) != steps:
+        raise TrainingError(f"Ray Train run {run_name!r} finished, but its newest valid checkpoint "
+                            f"({posixpath.basename(point.path)}) is at step {point.checkpoint['step']}, not {steps}")
+    return ray.train.Checkpoint(point.path, filesystem=fs)
 
 
 def publish_candidate(settings: Settings, ckpt_file: Path, ckpt: dict, run_name: str,

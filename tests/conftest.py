@@ -1,6 +1,12 @@
+import os
+
 import numpy as np
 import pytest
 import torch
+
+# The suite drills faults (GANPIPE_FAULT_*), which act only with drills switched on; the processes
+# tests start inherit it. tests/test_drills.py checks that without it every seam stays inert.
+os.environ["GANPIPE_DRILLS"] = "1"
 
 from gan_core.config import PipelineConfig
 

@@ -43,7 +43,7 @@ def make_workspace(tmp: Path, params: dict | None = None) -> Path:
 
 def env_for(ws: Path, **extra: str) -> dict:
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PREFECT_", "MLFLOW_", "RAY_", "GANPIPE_"))}
+           if not k.startswith(("PREFECT_", "MLFLOW_", "RAY_", "GANPIPE_")) or k == "GANPIPE_DRILLS"}
     env.update({"GANPIPE_HOME": str(ws / ".ganpipe"), "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
                 "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", **extra})
     return env

@@ -1,0 +1,57 @@
+"""The resume drill: SIGKILL a Ray Train worker at several offsets after a checkpoint, REPEATS times
+each, while a CPU hog competes for the cores; every kill must resume from the newest complete
+checkpoint and end bit for bit equal to the uninterrupted run (the assertions of
+tests/test_ray_train.py::test_a_sigkilled_worker_resumes_exactly_and_logs_each_step_once).
+
+    .venv/bin/python drills/resume_drill.py [REPEATS]      # default 4: 5 offsets x 4 = 20 kills
+
+Prints each case's outcome and a closing `N passed, N failed` line; exits non-zero on any failure.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def hog(stop) -> None:
+    """Busy-loop until told to stop: a neighbour that wants a whole core."""
+    x = 0
+    while not stop.is_set():
+        for _ in range(100_000):
+            x += 1
+
+
+def main(repeats: int) -> int:
+    stop = mp.Event()
+    hogs = [mp.Process(target=hog, args=(stop,), daemon=True) for _ in range(os.cpu_count() or 2)]
+    for h in hogs:
+        h.start()
+    t0 = time.time()
+    try:
+        r = subprocess.run([sys.executable, "-m", "pytest", "tests/test_ray_train.py", "-k", "sigkilled", "-v",
+                            "-p", "no:cacheprovider", "--timeout", "3600"], cwd=ROOT, text=True, capture_output=True,
+                           env={**os.environ, "GANPIPE_RESUME_DRILL_REPEATS": str(repeats), "GANPIPE_DRILLS": "1"})
+    finally:
+        stop.set()
+        for h in hogs:
+            h.join(5)
+    cases = re.findall(r"sigkilled\S*\[(\S+)\] (PASSED|FAILED|ERROR)", r.stdout)
+    for case, outcome in cases:
+        print(f"{outcome:7s} kill {case}")
+    passed = sum(o == "PASSED" for _, o in cases)
+    print(f"{len(hogs)} CPU hogs beside it; {time.time() - t0:.0f} s in all")
+    if r.returncode != 0:
+        print(r.stdout[-6000:], r.stderr[-3000:])
+    print(f"{passed} passed, {len(cases) - passed} failed")
+    return 0 if r.returncode == 0 and passed == len(cases) == 5 * repeats else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(int(sys.argv[1]) if len(sys.argv) > 1 else 4))
