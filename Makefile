@@ -7,6 +7,9 @@ CONSTRAINTS ?= constraints-cpu.txt
 TORCH_INDEX ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ganpipe-installed
+# the local S3 store of `ganpipe services up` (s3rver from npm, versions locked in package-lock.json)
+S3STORE := infra/s3store
+S3STAMP := $(S3STORE)/node_modules/.ganpipe-installed
 
 .PHONY: install run test bench repro clean-home browser
 
@@ -23,12 +26,20 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e '.[test]'
 	touch $@
 
-install: $(STAMP)
+# Node.js from Debian where the machine has none (as root or through sudo), then the locked packages
+$(S3STAMP): $(S3STORE)/package.json $(S3STORE)/package-lock.json
+	@command -v npm >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq nodejs npm; }
+	npm ci --omit=dev --no-audit --no-fund --prefix $(S3STORE)
+	touch $@
+
+install: $(STAMP) $(S3STAMP)
 
 run: $(STAMP)
 	$(BIN)/ganpipe run $(ARGS)
 
-test: $(STAMP) browser
+test: $(STAMP) $(S3STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # the dvc.yaml stages without Prefect; their cmds call `ganpipe`, so the venv goes on PATH

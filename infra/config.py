@@ -18,12 +18,17 @@ class ServicesConfig:
     ray_node_cpus: int = 1  # per raylet: a head and one worker node share this machine
     bucket: str = "ganpipe"
     mlflow_backend_uri: str = ""  # empty: SQLite under services/mlflow; postgresql://... supported
-    s3_endpoint: str = ""  # empty: start moto; else use this S3-compatible store (MinIO, S3) as is
+    s3_endpoint: str = ""  # empty: start the local store (services/s3-data); else use this one (MinIO, S3) as is
     mlflow_sqlite: str = "warn"  # GANPIPE_MLFLOW_SQLITE: warn | refuse when the MLflow backend is SQLite
 
     @property
     def root(self) -> Path:
         return self.home / "services"
+
+    @property
+    def s3_data(self) -> Path:
+        """The local S3 store's objects, one file each: they outlive the store process."""
+        return self.root / "s3-data"
 
     @property
     def env_file(self) -> Path:

@@ -1,8 +1,9 @@
 """`ganpipe services up|down|status`: the real service stack on 127.0.0.1.
 
 Five server processes, each with its log and pid under GANPIPE_HOME/services/:
-  s3          moto's S3-compatible server (in memory) with the pipeline's bucket; skipped when
-              GANPIPE_S3_ENDPOINT names an existing store (MinIO, S3)
+  s3          an S3-compatible store that keeps the pipeline's bucket on disk under services/s3-data
+              (s3rver under Node.js, infra/s3store/), so `down`, `up` and a crash lose nothing;
+              skipped when GANPIPE_S3_ENDPOINT names an existing store (MinIO, S3)
   mlflow      MLflow tracking server + registry (SQLite, or GANPIPE_MLFLOW_BACKEND_URI), artifacts proxied
               to s3://<bucket>/mlflow
   prefect     Prefect server: API + UI
@@ -17,6 +18,7 @@ import json
 import os
 import secrets
 import shlex
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,9 @@ from infra.config import ServicesConfig
 from infra.process import ServiceError, http_ok, pid_of, start, stop, wait_healthy
 
 BIN = Path(sys.executable).parent
+# the local store: s3rver (npm, pinned by package-lock.json, installed by `make install`) behind a
+# launcher that decodes aws-chunked bodies, writes atomically and sorts listings (see server.js)
+S3STORE = Path(__file__).resolve().parent / "s3store"
 
 
 @dataclass(frozen=True)
@@ -133,8 +138,10 @@ def plan(cfg: ServicesConfig) -> list[Service]:
     base, root = _base_env(), cfg.root
     out: list[Service] = []
     if not cfg.s3_endpoint:
-        out.append(Service("s3", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(cfg.s3_port)],
-                           base, lambda: _bucket_ready(cfg), cfg.endpoint, 30))
+        # --openssl-legacy-provider: s3rver's listing continuation tokens use DES (else paging answers 500)
+        out.append(Service("s3", [shutil.which("node") or "node", "--openssl-legacy-provider",
+                                  str(S3STORE / "server.js"), str(cfg.s3_data), "127.0.0.1", str(cfg.s3_port)],
+                           {**base, **_s3_env(cfg)}, lambda: _bucket_ready(cfg), cfg.endpoint, 30))
     out.append(Service(
         "mlflow",
         [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(cfg.mlflow_port),
@@ -201,10 +208,23 @@ def check_mlflow_backend(cfg: ServicesConfig, echo: Callable[[str], None]) -> No
     echo(f"warning: {why} (GANPIPE_MLFLOW_SQLITE=refuse makes this an error)")
 
 
+def check_s3_store(cfg: ServicesConfig) -> None:
+    """The local store needs Node.js and s3rver installed into infra/s3store (`make install` does both)."""
+    if cfg.s3_endpoint:
+        return
+    if shutil.which("node") is None:
+        raise ServiceError("s3: the local S3 store runs on Node.js, and `node` is not on PATH; install Node.js "
+                           "(>= 18, e.g. Debian's nodejs) or set GANPIPE_S3_ENDPOINT to an S3-compatible store")
+    if not (S3STORE / "node_modules" / "s3rver" / "package.json").is_file():
+        raise ServiceError(f"s3: s3rver is not installed in {S3STORE / 'node_modules'}; run `make install` "
+                           f"(or `npm ci --omit=dev --prefix {S3STORE}`), or set GANPIPE_S3_ENDPOINT")
+
+
 def up(cfg: ServicesConfig, echo: Callable[[str], None]) -> Path:
     """Start whatever is not running, in order, each health-checked before the next. If one fails,
     the ones this call started are stopped again, so a failed `up` leaves nothing half-running."""
     check_mlflow_backend(cfg, echo)  # before anything starts or is written
+    check_s3_store(cfg)
     cfg.root.mkdir(parents=True, exist_ok=True)
     started: list[Service] = []
     try:
@@ -242,8 +262,7 @@ def down(cfg: ServicesConfig, echo: Callable[[str], None]) -> None:
         echo(f"{svc.name:<11} {'stopped' if stopped else 'not running'}")
     _forget_ray_cluster(cfg)
     if not cfg.s3_endpoint:
-        echo("note: the local S3 store (moto) keeps objects in memory: the bucket's contents are gone; "
-             "set GANPIPE_S3_ENDPOINT to a persistent store (MinIO, S3) to keep artifacts across restarts")
+        echo(f"the bucket is kept in {cfg.s3_data}; `ganpipe services up` serves it again")
 
 
 def status(cfg: ServicesConfig) -> list[dict]:
