@@ -49,8 +49,11 @@ def run(overrides: Optional[List[str]] = typer.Argument(None, help="section.fiel
     except ConfigError as e:
         _fail(str(e))
     from flows.pipeline import pipeline
+    from flows.startup import start_shared_state
 
     try:
+        # runs started together in one home create its databases one at a time
+        start_shared_state(s, lambda who: typer.echo(f"waiting for another start-up in {s.home}: {who}", err=True))
         out = pipeline(overrides=overrides or [])
     except Exception as e:  # Prefect has logged the traceback; end with the cause on one line
         typer.secho(f"error: pipeline failed: {type(e).__name__}: {e}", fg="red", err=True)
@@ -80,6 +83,10 @@ def serve(config: Optional[Path] = typer.Option(None, help="deployments file (sc
         _fail("serve: PREFECT_API_URL is not set; start the services (`ganpipe services up`) and "
               "export GANPIPE_ENV_FILE, or point PREFECT_API_URL at a Prefect server")
     from flows.deployments import DeployConfig, serve as serve_deployments
+    from flows.startup import start_shared_state
+
+    # beside a `ganpipe run` in the same home: MLflow's SQLite is created once
+    start_shared_state(s, lambda who: typer.echo(f"waiting for another start-up in {s.home}: {who}", err=True))
 
     default = s.workspace / "infra" / "deployments.yaml"
     try:

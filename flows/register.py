@@ -20,7 +20,7 @@ import torch
 from flows import versioning
 from flows.evaluate import json_safe
 from flows.gate import Scored, decide, decision_label, fid_from_record, recorded_decision, same_registration
-from flows.locks import file_lock
+from flows.locks import file_lock, server_lock
 from flows.records import read_record, write_record
 from flows.settings import Settings
 from flows.tracking import CHAMPION, champion_version, client, model_name
@@ -61,24 +61,30 @@ def _fault_delay() -> None:
     time.sleep(max(0.0, seconds))
 
 
+def promotion_lock(name: str, lock_path: Path, holder: str, on_wait):
+    """The lock every promoter of `name` shares: the Prefect server's when there is one (promoters on
+    other machines, with other GANPIPE_HOMEs, use the same server), else this machine's flock file."""
+    if os.environ.get("PREFECT_API_URL"):
+        return server_lock(f"ganpipe-promote-{name}", on_wait)
+    return file_lock(lock_path, holder, on_wait)
+
+
 def promote(c, name: str, version: str, candidate: Scored, margin: float, lock_path: Path) -> tuple[bool, str]:
     """Gate one registered version against the current champion and move the alias if it wins;
     tags the version with the decision and its reason. Returns (promoted, reason).
 
     Read-decide-write happens under an exclusive lock, and the champion is re-read inside it, so two
     promoters cannot both decide against the same old champion (the later write would otherwise
-    replace a better model: a lost update). The lock is a flock file: it serialises promoters on one
-    machine, which is what the embedded and `ganpipe services` setups are (every stage runs on the
-    machine holding GANPIPE_HOME). Promoters on several machines need a lock they all share, e.g. a
-    Prefect global concurrency limit (`prefect.concurrency.sync.concurrency("promote-<name>")`) or a
-    lock row in the MLflow backing database; that is not built here."""
+    replace a better model: a lost update). With a Prefect server (PREFECT_API_URL) the lock is its
+    global concurrency limit `ganpipe-promote-<name>`, which every machine using that server shares;
+    embedded (no server), it is a flock file in GANPIPE_HOME, which serialises this machine only."""
     version = str(version)
     candidate = Scored(candidate.fid, candidate.fingerprint_id, version, candidate.error)
     holder = f"pid {os.getpid()} on {socket.gethostname()}: {name} v{version}"
     def on_wait(who: str) -> None:
         log.info("promotion of %s v%s waits for the lock held by %s", name, version, who)
 
-    with file_lock(Path(lock_path), holder, on_wait):
+    with promotion_lock(name, Path(lock_path), holder, on_wait):
         champion = champion_version(c, name)  # re-read under the lock: never a value read before waiting
         _fault_delay()
         promoted, reason = decide(candidate, _scored(champion), margin)

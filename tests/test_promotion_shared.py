@@ -1,0 +1,152 @@
+"""Promotion across machines: two promoters in separate processes, each with its own workspace and
+GANPIPE_HOME (so no flock file in common), against one real MLflow server and one real Prefect
+server started here. With the Prefect server's lock the champion ends on the best candidate; the
+control shows that the per-home file lock alone loses the update. GANPIPE_FAULT_PROMOTE_DELAY widens
+the window between reading the champion and moving the alias (tests/test_faults_registry.py is the
+same race on one machine)."""
+import json
+import multiprocessing
+import os
+import socket
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from infra.process import http_ok, start, stop, wait_healthy
+from test_faults_registry import _check_outcome, _wait_for_holder
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+DELAY = 2.0  # seconds a promoter holds between reading the champion and moving the alias
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    """One MLflow server (SQLite) and one Prefect server on 127.0.0.1: what a team's machines share."""
+    root = tmp_path_factory.mktemp("servers")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "GANPIPE_"))}
+    mp, pp = _free_port(), _free_port()
+    plan = {
+        "mlflow": ([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mp), "--workers", "1",
+                    "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+                    "--default-artifact-root", str(root / "artifacts")],
+                   {**base, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"},
+                   f"http://127.0.0.1:{mp}/health"),
+        "prefect": ([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(pp)],
+                    {**base, "PREFECT_HOME": str(root / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                     "PREFECT_UI_ENABLED": "false"},
+                    f"http://127.0.0.1:{pp}/api/health"),
+    }
+    files = {n: (root / f"{n}.log", root / f"{n}.pid") for n in plan}
+    try:
+        for n, (argv, env, _) in plan.items():  # both start at once, then each is waited for
+            start(argv, env, files[n][0], files[n][1], root)
+        for n, (_, _, url) in plan.items():
+            wait_healthy(n, lambda url=url: http_ok(url), files[n][1], files[n][0], 180)
+        yield {"mlflow": f"http://127.0.0.1:{mp}", "prefect": f"http://127.0.0.1:{pp}/api"}
+    finally:
+        for _, pid_file in files.values():
+            stop(pid_file)
+
+
+def _settings(root: Path, mlflow_uri: str):
+    """A workspace and a GANPIPE_HOME of one machine."""
+    from flows.settings import Settings
+
+    ws, home = root / "ws", root / "home"
+    ws.mkdir(parents=True), home.mkdir()
+    return Settings(workspace=ws, home=home, mlflow_uri=mlflow_uri, ray_address=None, dvc_remote="ganpipe-local",
+                    dvc_remote_url=None, ray_storage=str(home / "ray_results"))
+
+
+def _race_registry(uri: str, name: str) -> dict[float, str]:
+    """Champion FID 15, candidates FID 10 and 12, one fingerprint (as test_faults_registry's, with a
+    remote source: the server refuses local paths). Returns {fid: version}."""
+    from flows.tracking import CHAMPION, client
+
+    c = client(uri)
+    c.create_registered_model(name)
+    versions = {fid: str(c.create_model_version(name, source=f"s3://race/{name}/{fid}", tags={
+        "eval.fid": repr(fid), "eval.fingerprint_id": "fp"}).version) for fid in (15.0, 10.0, 12.0)}
+    c.set_registered_model_alias(name, CHAMPION, versions[15.0])
+    return versions
+
+
+def _promoter(settings, name: str, version: str, fid: float, shared: bool, go) -> None:
+    """One machine's promotion (a spawned process). Without `shared` it runs as before this lock
+    existed: PREFECT_API_URL unset, so only its own home's flock file serialises it."""
+    from flows.gate import Scored
+    from flows.register import promote, promote_lock_path
+    from flows.tracking import client
+
+    if not shared:
+        os.environ.pop("PREFECT_API_URL")
+    c = client(settings.mlflow_uri)
+    if not go.wait(120):
+        raise TimeoutError("never told to go")
+    promote(c, name, version, Scored(fid, "fp", version), 0.0, promote_lock_path(settings, name))
+
+
+def _wait_for_server_holder(api: str, limit: str, timeout: float = 60.0) -> None:
+    """Until the Prefect server shows the limit's slot taken: the first promoter holds the lock."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{api}/v2/concurrency_limits/{limit}", timeout=5) as r:
+                if json.load(r)["active_slots"] == 1:
+                    return
+        except OSError:  # 404 until the first promoter created it
+            pass
+        time.sleep(0.02)
+    raise AssertionError(f"{limit}: the first promoter never took the server's lock")
+
+
+def _race(tmp_path, servers, monkeypatch, name: str, shared: bool) -> tuple[dict, float]:
+    """FID 10 promotes first; once it holds its lock, FID 12 goes (both from the FID 15 champion)."""
+    monkeypatch.setenv("PREFECT_API_URL", servers["prefect"])  # inherited by the spawned promoters
+    monkeypatch.setenv("GANPIPE_FAULT_PROMOTE_DELAY", str(DELAY))
+    a, b = _settings(tmp_path / "machine-a", servers["mlflow"]), _settings(tmp_path / "machine-b", servers["mlflow"])
+    versions = _race_registry(servers["mlflow"], name)
+    ctx = multiprocessing.get_context("spawn")
+    go_a, go_b = ctx.Event(), ctx.Event()
+    procs = [ctx.Process(target=_promoter, args=(a, name, versions[10.0], 10.0, shared, go_a)),
+             ctx.Process(target=_promoter, args=(b, name, versions[12.0], 12.0, shared, go_b))]
+    for p in procs:
+        p.start()
+    t0 = time.monotonic()
+    go_a.set()
+    if shared:
+        _wait_for_server_holder(servers["prefect"], f"ganpipe-promote-{name}")
+    else:
+        _wait_for_holder(a.home / "locks" / f"promote-{name}.lock", versions[10.0])
+    go_b.set()
+    for p in procs:
+        p.join(180)
+        assert not p.is_alive() and p.exitcode == 0
+    return versions, time.monotonic() - t0
+
+
+def test_promoters_on_two_machines_share_the_prefect_servers_lock(tmp_path, servers, monkeypatch):
+    name = "shared-race"
+    versions, elapsed = _race(tmp_path, servers, monkeypatch, name, shared=True)
+    _check_outcome(servers["mlflow"], name, versions, first=10.0)  # v(12) decided against the new champion
+    assert elapsed >= 2 * DELAY  # the second waited for the first: serialised, not interleaved
+
+
+def test_without_the_shared_lock_two_machines_lose_the_update(tmp_path, servers, monkeypatch):
+    """The control: each home's file lock is free, both decide against the FID 15 champion, and the
+    later write (FID 12) replaces the better model."""
+    from flows.tracking import client
+
+    name = "unshared-race"
+    versions, _ = _race(tmp_path, servers, monkeypatch, name, shared=False)
+    assert str(client(servers["mlflow"]).get_registered_model(name).aliases["champion"]) == versions[12.0]
