@@ -388,6 +388,7 @@ def dataset_add(
     Identical content gives back the existing version; a failed add leaves nothing behind."""
     s = _settings()
     from flows.datasets import add, report_json
+    from gan_core.files import DiskFullError
     from gan_core.ingest.policy import IngestPolicy
     from gan_core.ingest.report import IngestError
 
@@ -395,7 +396,7 @@ def dataset_add(
         pol = IngestPolicy(resolution=resolution, channels=channels, modes=modes, resize=resize,
                            duplicates=duplicates, on_reject=policy)
         out = add(s, name, source, pol, kind)
-    except (IngestError, ConfigError) as e:
+    except (IngestError, ConfigError, DiskFullError) as e:
         _fail(str(e))
     if report is not None:
         report.write_text(report_json(out["report"]))

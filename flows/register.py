@@ -22,7 +22,7 @@ from flows.evaluate import json_safe
 from flows.gate import Scored, decide, decision_label, fid_from_record, recorded_decision, same_registration
 from flows.locks import file_lock, server_lock
 from flows.records import read_record, write_record
-from flows.settings import Settings
+from flows.settings import Settings, without_password
 from flows.tracking import CHAMPION, champion_version, client, model_name
 from gan_core.checkpoint import load_checkpoint, rebuild
 from gan_core.config import PipelineConfig
@@ -161,7 +161,7 @@ def export_args(G) -> dict:
             "pip_requirements": [f"torch=={torch.__version__.split('+')[0]}"]}
 
 
-def register(settings: Settings, cfg: PipelineConfig, lineage: dict) -> dict:
+def _register_once(settings: Settings, cfg: PipelineConfig, lineage: dict) -> dict:
     import mlflow
 
     training = read_record(settings.candidate_dir / "train.json", "train")
@@ -205,3 +205,34 @@ def register(settings: Settings, cfg: PipelineConfig, lineage: dict) -> dict:
         result["error"] = evaluation["error"]
     write_record(settings.reports_dir / "registration.json", json_safe(result))
     return result
+
+
+REGISTER_ATTEMPTS = 4  # with 1-2, 2-4, 4-8 s between them: an unreachable server fails within ~20 s
+
+
+class RegistryUnavailable(RuntimeError):
+    """The MLflow server did not answer within the registration's retry bound; nothing was lost."""
+
+
+def register(settings: Settings, cfg: PipelineConfig, lineage: dict) -> dict:
+    """Register the candidate, retrying while the MLflow server is unreachable or failing (each try
+    first asks its /health, so a dead server costs milliseconds, not MLflow's minutes of retries).
+    A try is safe to repeat: a version already registered for this run and checkpoint is reused.
+    Then it fails with RegistryUnavailable saying where the checkpoint is kept."""
+    from flows.retry import RetriesExhausted, retry
+    from flows.tracking import check_reachable, transient
+
+    def once() -> dict:
+        check_reachable(settings.mlflow_uri)
+        return _register_once(settings, cfg, lineage)
+
+    try:
+        return retry(once, f"registering {model_name(cfg)} at MLflow {without_password(settings.mlflow_uri)}",
+                     attempts=REGISTER_ATTEMPTS, base_delay=2.0, max_delay=8.0, retry_on=transient)
+    except RetriesExhausted as e:
+        training = read_record(settings.candidate_dir / "train.json", "train")
+        raise RegistryUnavailable(
+            f"{e}. Nothing is lost: the candidate checkpoint stays in {settings.candidate_dir / 'checkpoint.pt'} "
+            f"(sha256 {training['checkpoint_sha256'][:12]}) and in Ray's run storage "
+            f"({training.get('ray_result_path')}); run `ganpipe stage register` (or trigger the run again) "
+            f"once the server answers") from e

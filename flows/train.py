@@ -337,22 +337,26 @@ def final_checkpoint(result, storage_path: str, storage_fs, run_name: str, steps
 
 def publish_candidate(settings: Settings, ckpt_file: Path, ckpt: dict, run_name: str,
                       mlflow_run_id: str | None, ray_path: str) -> dict:
-    """Copy the verified final checkpoint into models/candidate/ (atomic folder swap)."""
+    """Copy the verified final checkpoint into models/candidate/ (atomic folder swap). A full disk
+    raises DiskFullError naming models/candidate; the previous candidate stays, no temporaries."""
+    from gan_core.files import room_for
+
     dest = settings.candidate_dir
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".candidate.", dir=dest.parent))
-    try:
-        shutil.copy2(ckpt_file, tmp / CKPT_NAME)
-        shutil.copy2(ckpt_file.with_name(CKPT_NAME + ".json"), tmp / (CKPT_NAME + ".json"))
-        sha = json.loads((tmp / (CKPT_NAME + ".json")).read_text())["sha256"]
-        info = {"run_name": run_name, "mlflow_run_id": mlflow_run_id, "step": int(ckpt["step"]),
-                "images_seen": int(ckpt["images_seen"]), "checkpoint_sha256": sha, "ray_result_path": ray_path,
-                "meta": ckpt["meta"]}
-        write_record(tmp / "train.json", info)
-        replace_dir(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with room_for(dest):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".candidate.", dir=dest.parent))
+        try:
+            shutil.copy2(ckpt_file, tmp / CKPT_NAME)
+            shutil.copy2(ckpt_file.with_name(CKPT_NAME + ".json"), tmp / (CKPT_NAME + ".json"))
+            sha = json.loads((tmp / (CKPT_NAME + ".json")).read_text())["sha256"]
+            info = {"run_name": run_name, "mlflow_run_id": mlflow_run_id, "step": int(ckpt["step"]),
+                    "images_seen": int(ckpt["images_seen"]), "checkpoint_sha256": sha,
+                    "ray_result_path": ray_path, "meta": ckpt["meta"]}
+            write_record(tmp / "train.json", info)
+            replace_dir(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return {**info, "checkpoint": str(dest / CKPT_NAME)}
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from gan_core.config import PipelineConfig, TrainConfig, canonical_json
-from gan_core.files import file_sha256, write_bytes_atomic, write_json_atomic
+from gan_core.files import file_sha256, json_bytes, room_for, write_files_atomic
 from gan_core.train import TrainState, batch_position, build_state
 from gan_core.steps import unwrap
 
@@ -150,13 +150,15 @@ def rebuild(ckpt: dict, device: torch.device | str = "cpu") -> tuple[PipelineCon
 
 # ---- files -------------------------------------------------------------------------------------
 def save_checkpoint(path: str | Path, ckpt: dict) -> str:
-    """Atomically write ckpt to path and its sha256 sidecar; returns the sha256."""
+    """Atomically write ckpt to path and its sha256 sidecar; returns the sha256. Both files are
+    written and fsynced before either is renamed, so a full disk (DiskFullError naming `path`)
+    leaves the previous pair in place, matching, and no temporaries."""
     path = Path(path)
     data = torch_bytes(ckpt)
     digest = hashlib.sha256(data).hexdigest()
-    write_bytes_atomic(path, data)
     sidecar = {"format": FORMAT, "file": path.name, "sha256": digest, "step": ckpt["step"]}
-    write_json_atomic(sidecar_path(path), sidecar)
+    with room_for(path):
+        write_files_atomic({sidecar_path(path): json_bytes(sidecar), path: data})
     return digest
 
 

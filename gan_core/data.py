@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DistributedSampler
 
-from gan_core.files import file_sha256, replace_dir, write_json_atomic
+from gan_core.files import file_sha256, replace_dir, room_for, write_json_atomic
 
 FORMAT = "ganpipe-prepared/1"
 
@@ -97,41 +98,59 @@ def write_prepared(out_dir: str | Path, images: np.ndarray, labels: np.ndarray |
                    extras: Callable[[Path, dict], None] | None = None, images_b: np.ndarray | None = None) -> dict:
     """Validate and write a prepared dataset atomically: readers see the old folder or the new one.
     `extras(tmp_dir, manifest)` adds derived files (backbone, reference stats) before the swap.
-    meta may set "kind" (paired, unpaired, superres); otherwise labelled or unconditional."""
+    meta may set "kind" (paired, unpaired, superres); otherwise labelled or unconditional.
+    A full disk raises DiskFullError naming out_dir; the temporary folder is removed."""
     validate(images, labels)
     if images_b is not None:
         validate(images_b, None)
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        np.save(tmp / "images.npy", images, allow_pickle=False)
-        files = {"images.npy": file_sha256(tmp / "images.npy")}
-        label_info = None
-        if labels is not None:
-            np.save(tmp / "labels.npy", labels, allow_pickle=False)
-            files["labels.npy"] = file_sha256(tmp / "labels.npy")
-            counts = np.bincount(labels)
-            label_info = {"num_classes": int(len(counts)), "counts": [int(c) for c in counts]}
-        if images_b is not None:
-            np.save(tmp / "images_b.npy", images_b, allow_pickle=False)
-            files["images_b.npy"] = file_sha256(tmp / "images_b.npy")
-        manifest = {
-            "format": FORMAT, **meta,
-            "kind": meta.get("kind") or ("labelled" if labels is not None else "unconditional"),
-            "count": int(len(images)), "shape": list(images.shape[1:]), "dtype": "uint8",
-            "labels": label_info, "content_sha256": content_hash(images, labels, images_b), "files": files,
-        }
-        if images_b is not None:
-            manifest["count_b"] = int(len(images_b))
-        write_json_atomic(tmp / "manifest.json", manifest)
-        if extras is not None:
-            extras(tmp, manifest)
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return manifest
+    with room_for(out_dir):
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+        try:
+            save_npy(tmp / "images.npy", images)
+            files = {"images.npy": file_sha256(tmp / "images.npy")}
+            label_info = None
+            if labels is not None:
+                save_npy(tmp / "labels.npy", labels)
+                files["labels.npy"] = file_sha256(tmp / "labels.npy")
+                counts = np.bincount(labels)
+                label_info = {"num_classes": int(len(counts)), "counts": [int(c) for c in counts]}
+            if images_b is not None:
+                save_npy(tmp / "images_b.npy", images_b)
+                files["images_b.npy"] = file_sha256(tmp / "images_b.npy")
+            manifest = {
+                "format": FORMAT, **meta,
+                "kind": meta.get("kind") or ("labelled" if labels is not None else "unconditional"),
+                "count": int(len(images)), "shape": list(images.shape[1:]), "dtype": "uint8",
+                "labels": label_info, "content_sha256": content_hash(images, labels, images_b), "files": files,
+            }
+            if images_b is not None:
+                manifest["count_b"] = int(len(images_b))
+            write_json_atomic(tmp / "manifest.json", manifest)
+            if extras is not None:
+                extras(tmp, manifest)
+            replace_dir(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return manifest
+
+
+class _Stream:
+    """A file seen through its write method only. np.save writes a real file with one fwrite and
+    reports a short write (a full disk) as a bare "N requested and M written" OSError without an
+    errno; given this, numpy writes chunks through Python's writer, whose error keeps its errno."""
+
+    def __init__(self, f):
+        self.write = f.write
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:
+        np.save(_Stream(f), array, allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())  # some filesystems report a full disk only here
 
 
 def load_manifest(data_dir: str | Path) -> dict:
