@@ -261,6 +261,24 @@ def divergence_verdict(storage_path: str, storage_fs, run_name: str) -> Verdict:
     return Verdict(storage_fs or pyarrow.fs.LocalFileSystem(), f"{storage_path.rstrip('/')}/{run_name}/{VERDICT}")
 
 
+def cluster_lost(e: BaseException) -> bool:
+    """True when the driver lost the Ray cluster itself (head or GCS gone), not a worker's own error:
+    measured with the head's process group SIGKILLed mid-run, fit() raised ActorUnavailableError
+    ("Socket closed") within ~20 s."""
+    from ray.exceptions import ActorUnavailableError, LocalRayletDiedError, RaySystemError
+
+    return isinstance(e, (ActorUnavailableError, LocalRayletDiedError, RaySystemError, ConnectionError))
+
+
+def failure_message(e: BaseException, run_name: str, ray_address: str | None, storage: str) -> str:
+    why = f"{type(e).__name__}: {e}"
+    if ray_address and cluster_lost(e):
+        return (f"Ray Train run {run_name!r} failed: the Ray cluster at {ray_address} stopped answering (head node "
+                f"lost?): {why}. Its checkpoints are kept in {storage}/{run_name}: once the cluster is back, "
+                "trigger the same run again and it resumes from the newest one")
+    return f"Ray Train run {run_name!r} failed: {why}"
+
+
 def run_training(settings: Settings, cfg: PipelineConfig, data_dir: str, run_name: str,
                  mlflow_run_id: str | None, meta: dict) -> dict:
     """Train on Ray, then place the final checkpoint in models/candidate/. Returns a reference."""
@@ -301,7 +319,7 @@ def run_training(settings: Settings, cfg: PipelineConfig, data_dir: str, run_nam
         try:
             result = trainer.fit()
         except Exception as e:
-            raise TrainingError(f"Ray Train run {run_name!r} failed: {type(e).__name__}: {e}") from e
+            raise TrainingError(failure_message(e, run_name, settings.ray_address, settings.ray_storage)) from e
         if reason := verdict.read():  # before the checkpoint: it predates the divergence
             raise DivergedError(f"Ray Train run {run_name!r} {reason}; no checkpoint after it was kept, "
                                 "nothing is registered, no retry")

@@ -115,3 +115,19 @@ def test_a_prefect_server_restarted_mid_run_leaves_a_clear_state_and_a_rerun_res
     assert "prepare:        skipped" in again.stdout
     runs = prefect.flow_runs()
     assert [r["state_type"] for r in runs] == ["COMPLETED", "COMPLETED"]
+
+
+def test_a_lost_ray_cluster_is_named_with_where_the_checkpoints_are_kept():
+    """The driver's message when the head goes away (measured: ActorUnavailableError 'Socket closed'
+    within ~20 s of SIGKILLing the head's process group), versus a worker's own error."""
+    from ray.exceptions import ActorUnavailableError
+
+    from flows.train import failure_message
+
+    lost = ActorUnavailableError("RPC error: Socket closed", None)
+    msg = failure_message(lost, "r1", "127.0.0.1:6379", "s3://ganpipe/ray")
+    assert "the Ray cluster at 127.0.0.1:6379 stopped answering" in msg and "s3://ganpipe/ray/r1" in msg
+    assert "Socket closed" in msg and "trigger the same run again" in msg
+    own = failure_message(RuntimeError("boom"), "r1", "127.0.0.1:6379", "s3://ganpipe/ray")
+    assert own == "Ray Train run 'r1' failed: RuntimeError: boom"
+    assert "stopped answering" not in failure_message(lost, "r1", None, "/tmp/ray")  # a local instance: no cluster
