@@ -5,7 +5,9 @@ tests/test_ray_train.py::test_a_sigkilled_worker_resumes_exactly_and_logs_each_s
 
     .venv/bin/python drills/resume_drill.py [REPEATS]      # default 4: 5 offsets x 4 = 20 kills
 
-Prints each case's outcome and a closing `N passed, N failed` line; exits non-zero on any failure.
+Prints each case's outcome, how many restarts resumed from a checkpoint Ray's controller had not
+recorded (the race that used to lose progress), and a closing `N passed, N failed` line; exits
+non-zero on any failure.
 """
 from __future__ import annotations
 
@@ -35,17 +37,22 @@ def main(repeats: int) -> int:
         h.start()
     t0 = time.time()
     try:
-        r = subprocess.run([sys.executable, "-m", "pytest", "tests/test_ray_train.py", "-k", "sigkilled", "-v",
+        r = subprocess.run([sys.executable, "-m", "pytest", "tests/test_ray_train.py", "-k", "sigkilled", "-s", "-rA",
                             "-p", "no:cacheprovider", "--timeout", "3600"], cwd=ROOT, text=True, capture_output=True,
                            env={**os.environ, "GANPIPE_RESUME_DRILL_REPEATS": str(repeats), "GANPIPE_DRILLS": "1"})
     finally:
         stop.set()
         for h in hogs:
             h.join(5)
-    cases = re.findall(r"sigkilled\S*\[(\S+)\] (PASSED|FAILED|ERROR)", r.stdout)
+    cases = [(c, o) for o, c in re.findall(r"^(PASSED|FAILED|ERROR) \S*sigkilled\S*\[(\S+)\]", r.stdout, re.M)]
     for case, outcome in cases:
         print(f"{outcome:7s} kill {case}")
     passed = sum(o == "PASSED" for _, o in cases)
+    # printed by flows.train.resume (Ray dedups the two ranks' identical lines): how often Ray alone
+    # would have resumed from an older checkpoint, or from scratch when its record is "none"
+    races = re.findall(r"resume: (checkpoint_\S+) is newer than Ray's record \((\S+)\)", r.stdout)
+    print(f"{len({c for c, _ in races})} of {len(cases)} restarts resumed from a checkpoint Ray's controller had not "
+          f"recorded ({sum(rec == 'none' for _, rec in {*races})} of them with no record at all)")
     print(f"{len(hogs)} CPU hogs beside it; {time.time() - t0:.0f} s in all")
     if r.returncode != 0:
         print(r.stdout[-6000:], r.stderr[-3000:])

@@ -67,6 +67,7 @@ def last_logged_step(c: MlflowClient, run_id: str) -> int:
 
 MAX_PENDING = 10_000  # entries (one per logged step) kept while MLflow is away: a few MB; the oldest go first
 FLUSH_TIMEOUT_S = 60.0  # how long the end of training waits for an unreachable server before dropping
+CHECKPOINT_FLUSH_S = 10.0  # how long a checkpoint waits for a slow (answering) server to take the metrics
 PROBE_TIMEOUT_S = 2.0  # GET /health before each send: a dead server is noticed in ms, not minutes
 MAX_RETRY_DELAY_S = 10.0  # between probes while the server is away: it is back within this when it returns
 MAX_BATCH = 1000  # metric values per log_batch (MLflow's limit)
@@ -92,6 +93,7 @@ class MetricStream:
         self.outages = 0  # times the server went away during the run
         self.cond = threading.Condition()
         self.closing = self.abandoned = False
+        self.down = False  # the last attempt found the server unreachable (flush does not wait then)
         self._in_flight: list = []  # taken from `pending` by the thread, not yet confirmed sent
         self.thread = threading.Thread(target=self._run, name="mlflow-metrics", daemon=True)
         self.thread.start()
@@ -115,13 +117,27 @@ class MetricStream:
             if len(self.pending) >= self.max_pending:
                 self._drop([self.pending.popleft()], f"more than {self.max_pending} entries waiting")
             self.pending.append(entry)
-            self.cond.notify()
+            self.cond.notify_all()  # the sender thread (a flush may wait on the same condition)
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until everything put so far is sent, for at most timeout_s, and not at all while the
+        server is known to be unreachable (training must not wait on it). True if all was sent.
+        A checkpoint calls this before it is reported: a worker killed right after the report would
+        otherwise take the metrics up to that step with it, and the resumed run starts after them."""
+        deadline = time.monotonic() + timeout_s
+        with self.cond:
+            while (self.pending or self._in_flight) and not self.down and not self.abandoned:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(left)
+            return not (self.pending or self._in_flight)
 
     def close(self) -> int:
         """Send what is left (up to flush_timeout_s), stop, and return how many values were dropped."""
         with self.cond:
             self.closing = True
-            self.cond.notify()
+            self.cond.notify_all()
         self.thread.join(self.flush_timeout_s)
         with self.cond:
             if self.thread.is_alive():  # the server did not come back in time
@@ -165,6 +181,8 @@ class MetricStream:
                         return
                     self.pending.extendleft(reversed(batch))
                     self._in_flight = []
+                    self.down = True
+                    self.cond.notify_all()  # a flush waiting on this batch stops waiting
                     if down_since is None:
                         down_since, self.outages = time.monotonic(), self.outages + 1
                         log.warning("MLflow at %s unreachable (%s); training goes on, metrics wait in memory "
@@ -175,8 +193,10 @@ class MetricStream:
                 continue
             with self.cond:
                 self._in_flight = []
+                self.down = False
                 if not self.abandoned:
                     self.sent += sum(len(e[1]) for e in batch if e[0] == "metrics")
+                self.cond.notify_all()  # wakes flush()
             if down_since is not None:
                 log.warning("MLflow at %s answers again after %.0f s; the waiting metrics were sent", self.uri,
                             time.monotonic() - down_since)
@@ -250,6 +270,11 @@ class MlflowMetrics(Callback):
         if state.step <= self.floor:
             return
         self.stream.metrics({**metrics, "images_seen": state.images_seen}, state.step, self.prefix)
+
+    def on_checkpoint(self, state: TrainState) -> None:
+        # before the checkpoint is reported (this callback runs ahead of RayCheckpoints): metrics
+        # up to this step must not die with a worker killed just after the report
+        self.stream.flush(CHECKPOINT_FLUSH_S)
 
     def on_train_end(self, state: TrainState) -> None:
         self.stream.close()

@@ -124,12 +124,12 @@ def train_loop_per_worker(config: dict) -> None:
     labels = torch.from_numpy(data.labels).to(device) if data.labels is not None else None
     batches = ShardedBatches(images, labels, cfg.train.per_worker_batch, rank, world, cfg.train.seed)
 
-    checkpoints = RayCheckpoints(cfg, rank, config["meta"])
-    callbacks: list[Callback] = [checkpoints]
+    callbacks: list[Callback] = []
     if config.get("fault_at"):
-        callbacks.insert(0, FaultAt(config["fault_at"], rank, config["fault_marker"]))
-    if rank == 0 and config.get("mlflow_run_id"):
+        callbacks.append(FaultAt(config["fault_at"], rank, config["fault_marker"]))
+    if rank == 0 and config.get("mlflow_run_id"):  # ahead of the checkpoints: metrics are flushed before a report
         callbacks += mlflow_callbacks(config, cfg, data_dir, data.manifest, nodes, point.skipped)
+    callbacks.append(RayCheckpoints(cfg, rank, config["meta"]))
     if state.step >= cfg.train.steps:  # a finished run re-triggered: hand back its final checkpoint,
         hand_back(rank, state, point)   # byte for byte, so registration sees the same candidate
         return
