@@ -3,7 +3,9 @@ each, while a CPU hog competes for the cores; every kill must resume from the ne
 checkpoint and end bit for bit equal to the uninterrupted run (the assertions of
 tests/test_ray_train.py::test_a_sigkilled_worker_resumes_exactly_and_logs_each_step_once).
 
-    .venv/bin/python drills/resume_drill.py [REPEATS]      # default 4: 5 offsets x 4 = 20 kills
+    .venv/bin/python drills/resume_drill.py [REPEATS] [--hogs N]   # default 4: 5 offsets x 4 = 20 kills,
+                                                                   # one busy-loop process per core
+Beside another load (e.g. the test suite running) `--hogs 0` keeps that load as it is.
 
 Prints each case's outcome, how many restarts resumed from a checkpoint Ray's controller had not
 recorded (the race that used to lose progress), and a closing `N passed, N failed` line; exits
@@ -30,9 +32,9 @@ def hog(stop) -> None:
             x += 1
 
 
-def main(repeats: int) -> int:
+def main(repeats: int, n_hogs: int) -> int:
     stop = mp.Event()
-    hogs = [mp.Process(target=hog, args=(stop,), daemon=True) for _ in range(os.cpu_count() or 2)]
+    hogs = [mp.Process(target=hog, args=(stop,), daemon=True) for _ in range(n_hogs)]
     for h in hogs:
         h.start()
     t0 = time.time()
@@ -61,4 +63,10 @@ def main(repeats: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(int(sys.argv[1]) if len(sys.argv) > 1 else 4))
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("repeats", type=int, nargs="?", default=4)
+    ap.add_argument("--hogs", type=int, default=os.cpu_count() or 2, help="busy-loop processes beside the drill")
+    args = ap.parse_args()
+    sys.exit(main(args.repeats, args.hogs))
