@@ -128,7 +128,11 @@ def test_down_and_up_keep_the_bucket_and_the_killed_run_resumes_from_its_s3_chec
     assert not any(stack.data.rglob("*.tmp")) and any(stack.data.rglob("*._S3rver_object"))
     up = stack.services("up")
     assert up.returncode == 0 and "already running" not in up.stdout, up.stdout + up.stderr
-    assert stack.objects() == before  # every key, size and ETag
+    after = stack.objects()
+    # nothing acknowledged is lost or changed: every key, size and ETag. The killed run may still have
+    # landed an upload after the inventory (its last in-flight sample grid was measured doing so), so
+    # the bucket may hold more than before, never less
+    assert {k: after.get(k) for k in before} == before
     assert any(k.startswith(f"ray/{stack.killed_run}/checkpoint_") and k.endswith("/checkpoint.pt") for k in before)
     run = stack.ganpipe("run", RESUMED_STEPS)  # the same inputs: the same Ray run, on the fresh Ray cluster
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -162,12 +166,16 @@ def test_a_store_killed_during_a_put_keeps_every_object_whole(stack):
         time.sleep(0.1)
     os.kill(int((stack.ws / ".ganpipe" / "services" / "s3.pid").read_text()), signal.SIGKILL)
     conn.close()
-    status = {r["name"]: r["state"] for r in json.loads(stack.services("status", "--json").stdout)}
-    assert status["s3"] == "stopped" and status["mlflow"] == "healthy", status
+    deadline = time.time() + 60  # a SIGKILLed process counts as alive until it is reaped: poll
+    while (status := {r["name"]: r["state"] for r in json.loads(stack.services("status", "--json").stdout)})["s3"] != "stopped":
+        assert time.time() < deadline, status
+        time.sleep(0.5)
+    assert status["mlflow"] == "healthy", status
     up = stack.services("up")
     assert up.returncode == 0 and up.stdout.count("already running") == 4, up.stdout + up.stderr
     assert s3.get_object(Bucket="ganpipe", Key="crash/object")["Body"].read() == b"the old version"
-    assert stack.objects() == before and not any(stack.data.rglob("*.tmp"))
+    after = stack.objects()
+    assert {k: after.get(k) for k in before} == before and not any(stack.data.rglob("*.tmp"))
 
 
 @pytest.mark.slow
