@@ -19,6 +19,7 @@ from flows.faults import FaultAt, seam
 from flows.records import write_record
 from flows.resume import CKPT_NAME
 from flows.settings import Settings, without_password
+from flows.verdict import Verdict, divergence_verdict
 from gan_core.checkpoint import (gather_rng_states, load_checkpoint, restore, save_checkpoint,
                                  to_checkpoint)
 from gan_core.config import PipelineConfig
@@ -141,8 +142,7 @@ def train_loop_per_worker(config: dict) -> None:
         # to the checkpoints, where the driver reads it (Ray's result carries checkpoint metrics only).
         if rank == 0:
             storage = ray.train.get_context().get_storage()
-            with storage.storage_filesystem.open_output_stream(f"{storage.experiment_fs_path}/{VERDICT}") as f:
-                f.write(json.dumps({"step": state.step, "reason": str(e)}).encode())
+            Verdict.of_run(storage.storage_filesystem, storage.experiment_fs_path).write(state.step, str(e))
 
 
 def hand_back(rank: int, state: TrainState, point) -> None:
@@ -229,36 +229,6 @@ def run_storage(uri: str):
     # worker (pyarrow's own drops it back to the default): endpoint and region only, no credentials
     fs = s3_filesystem(region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"), **kw)
     return uri.removeprefix("s3://").rstrip("/"), fs
-
-
-VERDICT = "diverged.json"
-
-
-class Verdict:
-    """The divergence verdict file of a run, on the run's storage (a folder or a bucket)."""
-
-    def __init__(self, fs, path: str):
-        self.fs, self.path = fs, path
-
-    def read(self) -> str | None:
-        import pyarrow.fs
-
-        if self.fs.get_file_info(self.path).type != pyarrow.fs.FileType.File:
-            return None
-        with self.fs.open_input_stream(self.path) as f:
-            return json.loads(f.read())["reason"]
-
-    def delete(self) -> None:
-        import pyarrow.fs
-
-        if self.fs.get_file_info(self.path).type == pyarrow.fs.FileType.File:
-            self.fs.delete_file(self.path)
-
-
-def divergence_verdict(storage_path: str, storage_fs, run_name: str) -> Verdict:
-    import pyarrow.fs
-
-    return Verdict(storage_fs or pyarrow.fs.LocalFileSystem(), f"{storage_path.rstrip('/')}/{run_name}/{VERDICT}")
 
 
 def cluster_lost(e: BaseException) -> bool:
