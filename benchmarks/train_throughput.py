@@ -63,7 +63,7 @@ def plain(data_dir: Path, steps: int, batch: int, threads: int) -> dict:
     torch.manual_seed(0)
     state = build_state(cfg)
     data = load_prepared(data_dir)
-    batches = ShardedBatches(torch.from_numpy(data.images), None, batch, 0, 1, 0)
+    batches = ShardedBatches({"images": torch.from_numpy(data.images)}, batch, 0, 1, 0)
     rec = Rates()
     t0 = time.perf_counter()
     train(state, batches.from_step(0), cfg, [rec])
@@ -90,7 +90,7 @@ def flops_per_image(batch: int) -> float:
     state = build_state(cfg)
     x = torch.randint(0, 255, (batch, 1, 16, 16), dtype=torch.uint8)
     with FlopCounterMode(display=False) as fc:
-        state.family.step(state, [(x, None)], cfg.train)
+        state.family.step(state, [{"images": x}], cfg.train)
     return fc.get_total_flops() / batch
 
 

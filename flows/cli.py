@@ -61,7 +61,8 @@ def run(overrides: Optional[List[str]] = typer.Argument(None, help="section.fiel
     ev, reg = out["evaluation"], out["registration"]
     verdict = "yes" if reg["champion"] else "no"
     typer.echo("")
-    typer.echo(f"FID ({ev['metric']}, {ev['fingerprint']['backbone']}): {ev['fid']:.4f}")
+    better = "higher" if ev.get("higher_is_better") else "lower"
+    typer.echo(f"{ev['metric']} ({ev['fingerprint']['backbone']}, {better} is better): {ev['value']:.4f}")
     others = {k: v for k, v in ev["metrics"].items() if k != ev["metric"] and not k.endswith("_std")}
     typer.echo("also:           " + ", ".join(f"{k}={v:.4f}" for k, v in others.items()))
     typer.echo(f"model version:  {reg['model_name']} v{reg['version']}  ({reg['model_uri']})")
@@ -128,7 +129,7 @@ def stage(name: str = typer.Argument(..., help="|".join(STAGES))):
         from flows.evaluate import evaluate
 
         ev = evaluate(s, cfg)
-        typer.echo(f"{ev['metric']} = {ev['fid']:.4f}")
+        typer.echo(f"{ev['metric']} = {ev['value']:.4f}")
     else:
         from flows.register import register
         from flows.tracking import client
@@ -155,6 +156,13 @@ def sample(model: str = typer.Argument(..., help="models:/NAME@champion, models:
     from gan_core.metrics.fid import generate, latent_of
 
     G = _load_generator(s, model)
+    if "input" in getattr(G, "exported_as", {}):  # image-conditioned: held-out input | output | target
+        from flows.cli_images import heldout_samples
+
+        images, columns = heldout_samples(s, G, n, seed)
+        path = save_png(out, make_grid(images, columns), {"model": model, "seed": seed, "n": n})
+        typer.echo(str(path.resolve()))
+        return
     labels = None
     if label is not None:
         controls = latent_of(G).controls
@@ -217,18 +225,24 @@ def _load_generator(s, model: str):
                     os.environ.pop("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", None)
                 else:
                     os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = allow
-        if not hasattr(G, "latent"):  # an exported (pt2) program has no attributes: read the metadata
-            meta = (mlmodel.metadata or {}).get("latent")
+        meta = mlmodel.metadata or {}
+        G.exported_as = meta  # an exported (pt2) program has no attributes: the metadata says what it takes
+        if "input" not in meta and not hasattr(G, "latent"):  # noise families: the latent spec
             z_dim = int(mlmodel.signature.inputs.inputs[0].shape[-1])
-            G.latent = LatentSpec.from_dict(meta) if meta else LatentSpec(z_dim)
+            G.latent = LatentSpec.from_dict(meta["latent"]) if meta.get("latent") else LatentSpec(z_dim)
         return G
     from gan_core.checkpoint import CheckpointError, load_checkpoint, rebuild
 
     try:
-        _, state = rebuild(load_checkpoint(model))
+        cfg, state = rebuild(load_checkpoint(model))
     except CheckpointError as e:
         _fail(f"{model}: refused: {e}")
-    return state.G_ema.eval()
+    G = state.family.infer(state.G_ema.eval())  # what registration would export
+    if state.family.image_input:
+        from flows.register import export_inputs
+
+        G.exported_as = export_inputs(cfg, G)[1]
+    return G
 
 
 @app.command()
@@ -295,7 +309,7 @@ def models_list(name: Optional[str] = typer.Argument(None, help="registered mode
         for v in sorted(c.search_model_versions(f"name='{n_}'"), key=lambda v: int(v.version)):
             t = v.tags
             mark = "*" if str(v.version) == str(champ) else " "
-            typer.echo(f" {mark} v{v.version:<4} {t.get('eval.metric', '?')}={float(t.get('eval.fid', 'nan')):9.4f} "
+            typer.echo(f" {mark} v{v.version:<4} {t.get('eval.metric', '?')}={float(t.get('eval.value', t.get('eval.fid', 'nan'))):9.4f} "
                        f"fp={t.get('eval.fingerprint_id', '?')} data={t.get('dataset.content_sha256', '?')[:12]} "
                        f"steps={t.get('checkpoint.step', '?')} {t.get('promotion.decision', '')}")
 
@@ -448,6 +462,9 @@ def dataset_show(spec: str = typer.Argument(..., help="NAME or NAME@VERSION"),
     except ConfigError as e:
         _fail(f"{spec}: {e.reason}")
     typer.echo(json.dumps(out, indent=2, sort_keys=True))
+
+
+from flows import cli_images  # noqa: E402  (registers `translate` on app)
 
 
 def main() -> None:

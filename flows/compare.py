@@ -83,8 +83,8 @@ def _row(c: MlflowClient, version, champion: str | None) -> Row:
     run = _run(c, version)
     params = run.data.params if run else {}
     metric = tags.get("eval.metric", MISSING)
-    fid = _to_float(tags.get("eval.fid"))
-    if "eval.fid" not in tags and run is not None:  # older versions: fall back to the run's metric
+    fid = _to_float(tags.get("eval.value", tags.get("eval.fid")))  # the family's gate metric (eval.fid: older)
+    if "eval.value" not in tags and "eval.fid" not in tags and run is not None:  # older: the run's metric
         fid = _to_float(run.data.metrics.get(metric))
     row_params = {k: params.get(p, MISSING) for k, p in PARAMS.items()}
     if row_params["loss"] == MISSING:
@@ -144,7 +144,9 @@ def render_table(rows: list[Row]) -> str:
         return "no registered model versions"
     metrics = {r.metric for r in rows}
     one_metric = len(metrics) == 1
-    head = ["model", "v", f"FID({next(iter(metrics))})" if one_metric else "FID(metric)", "fingerprint",
+    # the gate metric is the family's: FID for noise families, PSNR for super-resolution, ...
+    label = "FID" if all(m.startswith("fid") or m == MISSING for m in metrics) else "gate"
+    head = ["model", "v", f"{label}({next(iter(metrics))})" if one_metric else f"{label}(metric)", "fingerprint",
             "dataset", "arch", "loss", "z", "bs", "lr_g", "lr_d", "steps", "img/s", "champion"]
     body = [_cells(r, not one_metric) for r in rows]
     widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]

@@ -44,12 +44,33 @@ def read(source: str, policy: IngestPolicy, kind: str) -> IngestResult:
         return replace(result, kind="superres") if kind == "superres" else result
 
 
+HELDOUT_FRACTION = 0.1  # of an image-to-image dataset's rows, never trained on: what its families are scored on
+
+
+def with_heldout(result: IngestResult, seed: int = 0) -> tuple[IngestResult, int]:
+    """Image-to-image data in a seeded order whose last rows are held out (a tenth, at least one).
+    Paired rows move together; unpaired domains are shuffled independently (nothing aligns them)."""
+    if result.kind not in ("paired", "unpaired", "superres"):
+        return result, 0
+    g = np.random.default_rng(seed)
+    n = len(result.images)
+    perm = g.permutation(n)
+    images_b = result.images_b
+    if images_b is not None:
+        images_b = images_b[perm] if result.kind == "paired" else images_b[g.permutation(len(images_b))]
+    heldout = max(1, round(HELDOUT_FRACTION * min(n, len(images_b) if images_b is not None else n)))
+    if n - heldout < 1:
+        raise IngestError(f"{result.report.source}: {n} image(s) leave nothing to train on after holding out "
+                          f"{heldout} for evaluation")
+    return replace(result, images=result.images[perm], images_b=images_b, keys=None), heldout
+
+
 def add(settings: Settings, name: str, source: str, policy: IngestPolicy, kind: str = "auto") -> dict:
     if not NAME_RE.match(name):
         raise ConfigError("NAME", f"{name!r} must match {NAME_RE.pattern} (lower-case letters, digits, '-', '_')")
     if kind not in KINDS:
         raise ConfigError("--kind", f"must be one of {KINDS}, got {kind!r}")
-    result = read(source, policy, kind)
+    result, heldout = with_heldout(read(source, policy, kind))
     ws = settings.workspace
     with catalog.locked(ws):
         data = catalog.load(ws)
@@ -64,7 +85,7 @@ def add(settings: Settings, name: str, source: str, policy: IngestPolicy, kind: 
         gitignore = folder.parent / ".gitignore"
         before = gitignore.read_text() if gitignore.exists() else None
         try:
-            manifest = _write_version(folder, name, version, source, policy, result)
+            manifest = _write_version(folder, name, version, source, policy, result, heldout)
             versioning.ensure_repo(settings)
             versioning.dvc(settings, "add", "--quiet", str(folder.relative_to(ws)))
             versioning.dvc(settings, "push", "--quiet", "-r", settings.dvc_remote, str(dvc_file.relative_to(ws)))
@@ -83,8 +104,9 @@ def add(settings: Settings, name: str, source: str, policy: IngestPolicy, kind: 
 
 
 def _write_version(folder: Path, name: str, version: str, source: str, policy: IngestPolicy,
-                   result: IngestResult) -> dict:
+                   result: IngestResult, heldout: int = 0) -> dict:
     meta = {"name": name, "version": version, "kind": result.kind, "source": source,
+            **({"heldout": heldout} if heldout else {}),
             "resolution": policy.resolution, "channels": policy.channels,
             ("domains" if result.images_b is not None else "classes"): result.classes}
     labels = result.labels

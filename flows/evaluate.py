@@ -18,8 +18,9 @@ from gan_core.checkpoint import CheckpointError, load_checkpoint, rebuild
 from gan_core.config import PipelineConfig
 from gan_core.data import load_manifest
 from gan_core.images import make_grid, save_png
-from gan_core.metrics.evaluator import load_evaluator
-from gan_core.metrics.fid import generate, latent_of, metric_name
+from gan_core.metrics.evaluator import evaluator_for
+from gan_core.metrics.heldout import translate
+from gan_core.metrics.fid import latent_of, metric_name
 from gan_core.metrics.frechet import MetricError
 
 
@@ -36,27 +37,32 @@ def json_safe(obj):
 
 
 @torch.no_grad()
-def raw_output(G, n: int, seed: int, batch_size: int) -> torch.Tensor:
-    """G's images for the same seeded latents `gan_core.metrics.fid.draw` uses, without its
+def raw_output(evaluator, module, n: int, seed: int, batch_size: int) -> torch.Tensor:
+    """The outputs the evaluator scores (seeded latents, or held-out inputs), without its
     finiteness check: to tell a generator's non-finite output from an evaluator failure, and to
     still show what such a generator produces."""
-    spec = latent_of(G)
+    if hasattr(evaluator, "inputs"):  # image-conditioned: the held-out inputs
+        torch.manual_seed(seed)
+        return translate(evaluator.family, module, evaluator.inputs[:n], batch_size=batch_size)
+    spec = latent_of(module)
     labels = torch.arange(n) % spec.controls if spec.controls else None
-    was_training = G.training
-    G.eval()
+    was_training = module.training
+    module.eval()
     g = torch.Generator().manual_seed(seed)
     out = []
     try:
         for i in range(0, n, batch_size):
             part = None if labels is None else labels[i:i + batch_size]
             lat = spec.sample(min(batch_size, n - i), generator=g, labels=part)
-            out.append(G(*lat.inputs).float().cpu())
+            out.append(module(*lat.inputs).float().cpu())
     finally:
-        G.train(was_training)
+        module.train(was_training)
     return torch.cat(out)
 
 
 def evaluate(settings: Settings, cfg: PipelineConfig) -> dict:
+    """Score the candidate's G_ema the way its family declares (FID against reference statistics,
+    or PSNR/SSIM/L1 on held-out pairs), gate metric and direction included in the record."""
     training = read_record(settings.candidate_dir / "train.json", "train")
     ckpt = load_checkpoint(settings.candidate_dir / "checkpoint.pt")
     _, state = rebuild(ckpt)
@@ -66,36 +72,42 @@ def evaluate(settings: Settings, cfg: PipelineConfig) -> dict:
     if trained_on != manifest["content_sha256"]:
         raise CheckpointError(f"{settings.candidate_dir / 'checkpoint.pt'}: trained on dataset {str(trained_on)[:12]}, "
                               f"but {prepared} holds {manifest['content_sha256'][:12]}; re-run train")
-    e = cfg.eval
-    evaluator = load_evaluator(prepared, manifest, e.backbone)
-    name = metric_name(e.n_fake)
+    e, family = cfg.eval, state.family
+    module = family.infer(state.G_ema.eval())
+    evaluator = evaluator_for(family, cfg.family, prepared, manifest, e.backbone)
+    n = evaluator.count(e.n_fake)
+    name = metric_name(n, family.gate.metric)
     torch.manual_seed(e.seed)
     error = None
     try:
-        scores, fingerprint = evaluator.evaluate(state.G_ema, e.n_fake, e.seed, e.batch_size)
+        scores, fingerprint = evaluator.evaluate(module, n, e.seed, e.batch_size)
     except MetricError as err:
-        if torch.isfinite(raw_output(state.G_ema, e.n_fake, e.seed, e.batch_size)).all():
+        if torch.isfinite(raw_output(evaluator, module, n, e.seed, e.batch_size)).all():
             raise  # the generator's images are fine: the evaluator failed, which is a bug, not a score
         error = str(err)
-        scores, fingerprint = {name: math.nan}, evaluator.fingerprint(e.n_fake)
-    fid = scores[name]
+        scores, fingerprint = {name: math.nan}, evaluator.fingerprint(n)
+    value = scores[name]
 
     reports = settings.reports_dir
+    k = e.grid * e.grid
     if error is None:
-        grid_images = generate(state.G_ema, e.grid * e.grid, e.seed + 1, e.batch_size)
+        grid_images = evaluator.samples(module, k, e.seed + 1, e.batch_size)
     else:  # what the bad generator made, non-finite pixels shown black
-        grid_images = torch.nan_to_num(raw_output(state.G_ema, e.grid * e.grid, e.seed + 1, e.batch_size),
+        grid_images = torch.nan_to_num(raw_output(evaluator, module, k, e.seed + 1, e.batch_size),
                                        nan=-1.0, posinf=1.0, neginf=-1.0).clamp(-1, 1)
     provenance = {"run_name": training["run_name"], "step": training["step"], "generator": "G_ema",
-                  "checkpoint_sha256": training["checkpoint_sha256"], "seed": e.seed + 1, name: fid}
+                  "checkpoint_sha256": training["checkpoint_sha256"], "seed": e.seed + 1, name: value}
     if error is not None:
         provenance["error"] = error
-    samples = save_png(reports / "samples.png", make_grid(grid_images, e.grid), json_safe(provenance))
+    grid = make_grid(grid_images, evaluator.columns or e.grid)
+    samples = save_png(reports / "samples.png", grid, json_safe(provenance))
     metrics = {**{k: round(v, 6) for k, v in scores.items()}, "step": training["step"]}
-    evaluation = {"metric": name, "fid": fid, "metrics": scores, "fingerprint": fingerprint.to_dict(),
-                  "step": training["step"],
+    evaluation = {"metric": name, "value": value, "higher_is_better": family.gate.higher_is_better,
+                  "metrics": scores, "fingerprint": fingerprint.to_dict(), "step": training["step"],
                   "checkpoint_sha256": training["checkpoint_sha256"], "run_name": training["run_name"],
                   "samples": str(samples)}
+    if family.gate.metric == "fid":
+        evaluation["fid"] = value  # the name records and tags had before gates other than FID
     if error is not None:
         evaluation["error"] = error
     write_record(reports / "metrics.json", json_safe(metrics))

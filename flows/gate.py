@@ -1,4 +1,5 @@
-"""The champion gate as a pure decision: no MLflow here, so every branch is unit-tested."""
+"""The champion gate as a pure decision: no MLflow here, so every branch is unit-tested. The metric
+and its direction are the family's (FID lower is better, PSNR higher)."""
 from __future__ import annotations
 
 import math
@@ -8,34 +9,43 @@ from typing import Iterable, Mapping
 
 @dataclass(frozen=True)
 class Scored:
-    fid: float
+    value: float  # the family's gate metric (FID, PSNR, ...)
     fingerprint_id: str
     version: str = ""
-    error: str = ""  # why the FID could not be computed (then fid is nan), e.g. the evaluator's MetricError
+    error: str = ""  # why the metric could not be computed (then value is nan), e.g. the evaluator's MetricError
+    higher_is_better: bool = False  # FID: lower is better; PSNR: higher
+    metric: str = "FID"  # its name, for the reasons
+
+    def beats(self, other: "Scored", margin: float) -> bool:
+        if self.higher_is_better:
+            return self.value > other.value + margin
+        return self.value < other.value - margin
 
 
 def decide(candidate: Scored, champion: Scored | None, margin: float) -> tuple[bool, str]:
-    """Promote only a finite FID that beats the champion's by more than `margin` under the same
-    evaluator fingerprint; the first valid model for a name becomes champion."""
-    if not math.isfinite(candidate.fid):
-        why = f"{candidate.fid}: {candidate.error}" if candidate.error else f"{candidate.fid}"
-        return False, f"FID is not finite ({why}); never promoted"
+    """Promote only a finite metric that beats the champion's by more than `margin` (in the
+    direction its family declares) under the same evaluator fingerprint; the first valid model for
+    a name becomes champion."""
+    m = candidate.metric
+    if not math.isfinite(candidate.value):
+        why = f"{candidate.value}: {candidate.error}" if candidate.error else f"{candidate.value}"
+        return False, f"{m} is not finite ({why}); never promoted"
     if champion is None:
         return True, "first valid model under this name"
     if candidate.version and champion.version == candidate.version:
         return True, f"v{candidate.version} is already the champion"
     if champion.fingerprint_id != candidate.fingerprint_id:
         return False, (f"evaluator fingerprint {candidate.fingerprint_id} differs from champion v{champion.version}'s "
-                       f"{champion.fingerprint_id}: the FIDs are not comparable, champion kept")
-    if candidate.fid < champion.fid - margin:
-        return True, (f"FID {candidate.fid:.4f} beats champion v{champion.version} ({champion.fid:.4f}) "
-                      f"by more than the margin {margin}")
-    return False, (f"FID {candidate.fid:.4f} does not beat champion v{champion.version} ({champion.fid:.4f}) "
-                   f"by more than the margin {margin}")
+                       f"{champion.fingerprint_id}: the {m}s are not comparable, champion kept")
+    better = "higher" if candidate.higher_is_better else "lower"
+    verdict = "beats" if candidate.beats(champion, margin) else "does not beat"
+    return candidate.beats(champion, margin), (
+        f"{m} {candidate.value:.4f} {verdict} champion v{champion.version} ({champion.value:.4f}) by more than "
+        f"the margin {margin} ({better} is better)")
 
 
 def fid_from_record(value) -> float:
-    """The FID as stage records store it: a number, or null when it was not finite (JSON has no NaN)."""
+    """The gate metric (FID, PSNR, ...) as stage records store it: a number, or null when it was not finite (JSON has no NaN)."""
     if value is None:
         return math.nan
     try:
@@ -65,4 +75,4 @@ def decision_label(candidate: Scored, promoted: bool) -> str:
     """The `promotion.decision` tag: promoted, refused (no finite FID: never eligible), or not promoted."""
     if promoted:
         return "promoted"
-    return "refused" if not math.isfinite(candidate.fid) else "not promoted"
+    return "refused" if not math.isfinite(candidate.value) else "not promoted"

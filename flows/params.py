@@ -13,20 +13,23 @@ from typing import Any
 import yaml
 from ruamel.yaml import YAML
 
-from gan_core.config import SECTIONS, ConfigError, PipelineConfig
+from gan_core.config import FAMILY, SECTIONS, ConfigError, PipelineConfig
 from gan_core.files import write_text_atomic
 
 
-def parse_override(text: str) -> tuple[str, str, Any]:
+def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
+    """`section.field=value`, or `family.<arch>.field=value` for a family's own settings."""
     if "=" not in text:
         raise ConfigError(text, "override must look like section.field=value (e.g. train.steps=500)")
     key, raw = text.split("=", 1)
-    parts = key.strip().split(".")
-    if len(parts) != 2 or not all(parts):
-        raise ConfigError(key, "override key must be section.field (e.g. model.arch)")
-    if parts[0] not in SECTIONS:
-        raise ConfigError(key, f"unknown section {parts[0]!r} (known: {', '.join(SECTIONS)})")
-    return parts[0], parts[1], parse_value(key.strip(), raw)
+    parts = tuple(key.strip().split("."))
+    nested = parts[0] == FAMILY
+    if len(parts) != (3 if nested else 2) or not all(parts):
+        raise ConfigError(key, "override key must be section.field (e.g. model.arch), or family.ARCH.field "
+                               "(e.g. family.pix2pix.l1_lambda)")
+    if parts[0] not in (*SECTIONS, FAMILY):
+        raise ConfigError(key, f"unknown section {parts[0]!r} (known: {', '.join([*SECTIONS, FAMILY])})")
+    return parts, parse_value(key.strip(), raw)
 
 
 def parse_value(key: str, raw: str) -> Any:
@@ -57,11 +60,15 @@ def load_config(path: Path, overrides: list[str] | tuple[str, ...] = (), write: 
     """Validate params.yaml with overrides applied; write the overrides back only if valid."""
     data = read_params(path)
     parsed = [parse_override(o) for o in overrides]
-    for section, key, value in parsed:
-        data.setdefault(section, {})
-        if not isinstance(data[section], dict):
-            raise ConfigError(section, f"{path}: section must be a mapping")
-        data[section][key] = value
+    for keys, value in parsed:
+        node = data
+        for i, k in enumerate(keys[:-1]):
+            if node.get(k) is None:
+                node[k] = {}
+            if not isinstance(node[k], dict):
+                raise ConfigError(".".join(keys[:i + 1]), f"{path}: section must be a mapping")
+            node = node[k]
+        node[keys[-1]] = value
     try:
         cfg = PipelineConfig.from_dict(data)
         check_choices(cfg, path.parent)
@@ -88,40 +95,48 @@ def check_dataset(cfg: PipelineConfig, workspace: Path) -> None:
     """data.name is a catalogued NAME[@VERSION] whose shape matches data.resolution/channels, or a
     built-in name (no version). Unknown names and versions list what exists."""
     from flows import catalog
-    from flows.sources import BUILTIN_DATASETS
+    from flows.sources import builtin_kind, builtin_names
     from gan_core.models import family_for
 
     d = cfg.data
     data = catalog.load(workspace)
+    family = family_for(cfg.model)
+    usable = {"unconditional": ("unconditional", "labelled", "superres"), "labelled": ("labelled",)}.get(
+        family.dataset_kind, (family.dataset_kind,))
     if d.dataset not in data["datasets"]:
-        if d.dataset in BUILTIN_DATASETS and d.version is None:
+        builtins = builtin_names()
+        if d.dataset in builtins and d.version is None:
+            kind = builtin_kind(d.dataset)
+            if kind not in usable:
+                raise ConfigError("data.name", f"built-in {d.dataset} is a {kind} dataset; {family.name} trains on "
+                                               f"{' or '.join(usable)} data (model.arch={family.name})")
             return
-        known = sorted(data["datasets"]) + [f"{n} (built-in)" for n in BUILTIN_DATASETS]
-        what = f"unknown dataset {d.dataset!r}" if d.version is None or d.dataset not in BUILTIN_DATASETS else \
+        known = sorted(data["datasets"]) + [f"{n} (built-in)" for n in builtins]
+        what = f"unknown dataset {d.dataset!r}" if d.version is None or d.dataset not in builtins else \
             f"built-in dataset {d.dataset!r} has no versions; add it to the catalog to version it"
         raise ConfigError("data.name", f"{what} (known: {', '.join(known)}; add one with "
                                        f"`ganpipe dataset add NAME SOURCE`)")
     version, entry = catalog.resolve(data, d.dataset, d.version)
-    family = family_for(cfg.model)
-    usable = {"unconditional": ("unconditional", "labelled", "superres"), "labelled": ("labelled",)}.get(
-        family.dataset_kind, (family.dataset_kind,))
     if entry["kind"] not in usable:
         raise ConfigError("data.name", f"{d.dataset}@{version} is a {entry['kind']} dataset; {family.name} trains on "
-                                       f"{' or '.join(usable)} data")
+                                       f"{' or '.join(usable)} data (model.arch={family.name})")
     if (entry["resolution"], entry["channels"]) != (d.resolution, d.channels):
         raise ConfigError("data.resolution", f"{d.dataset}@{version} is {entry['resolution']}x{entry['resolution']} "
                                              f"with {entry['channels']} channel(s); set data.resolution="
                                              f"{entry['resolution']} data.channels={entry['channels']}")
 
 
-def _write_overrides(path: Path, parsed: list[tuple[str, str, Any]]) -> None:
+def _write_overrides(path: Path, parsed: list[tuple[tuple[str, ...], Any]]) -> None:
     rt = YAML()  # round-trip: keeps comments and key order
     rt.preserve_quotes = True  # "off", "yes", "1e-4" stay strings for YAML 1.1 readers (PyYAML, DVC)
     doc = rt.load(path.read_text())
-    for section, key, value in parsed:
-        if doc.get(section) is None:
-            doc[section] = {}
-        doc[section][key] = value
+    for keys, value in parsed:
+        node = doc
+        for k in keys[:-1]:
+            if node.get(k) is None:
+                node[k] = {}
+            node = node[k]
+        node[keys[-1]] = value
     buf = io.StringIO()
     rt.dump(doc, buf)
     write_text_atomic(path, buf.getvalue())

@@ -83,7 +83,7 @@ def evaluate_task(cfg: dict) -> dict:
     eval_fault(s.home / "faults" / f"evaluate-{flow_run.id}.count")  # a no-op unless GANPIPE_FAULT_EVAL is set
     ev = evaluate(s, PipelineConfig.from_dict(cfg))
     versioning.commit(s, "evaluate")
-    get_run_logger().info("evaluate: %s = %.4f (fingerprint %s)", ev["metric"], ev["fid"], ev["fingerprint"]["id"])
+    get_run_logger().info("evaluate: %s = %.4f (fingerprint %s)", ev["metric"], ev["value"], ev["fingerprint"]["id"])
     return ev
 
 
@@ -170,7 +170,7 @@ def _run(overrides: list[str], skip_unchanged: bool) -> dict:
                          registration["version"])
     _publish(run_summary(d, training, evaluation, registration, links),
              f"{registration['model_name']} v{registration['version']}: {registration['metric']} "
-             f"{registration['fid']:.4f}")
+             f"{registration['value']:.4f}")
     return {"prepared": prepared, "training": training, "evaluation": evaluation, "registration": registration,
             "skipped": False}
 

@@ -7,6 +7,7 @@ and checkpoint sha256 is returned as it is (a retried stage logs nothing again).
 lose an update."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ from flows.settings import Settings, without_password
 from flows.tracking import CHAMPION, champion_version, client, model_name
 from gan_core.checkpoint import load_checkpoint, rebuild
 from gan_core.config import PipelineConfig
-from gan_core.latent import LatentSpec
+from gan_core.models import family_for
 
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,10 @@ PROMOTE_DELAY_ENV = "GANPIPE_FAULT_PROMOTE_DELAY"
 def _scored(version) -> Scored | None:
     if version is None:
         return None
-    return Scored(fid_from_record(version.tags.get("eval.fid")), version.tags.get("eval.fingerprint_id", "missing"),
-                  str(version.version))
+    t = version.tags  # eval.value since gates other than FID; versions registered before have eval.fid only
+    return Scored(fid_from_record(t.get("eval.value", t.get("eval.fid"))), t.get("eval.fingerprint_id", "missing"),
+                  str(version.version), higher_is_better=t.get("eval.higher_is_better") == "true",
+                  metric=t.get("eval.metric", "FID"))
 
 
 def promote_lock_path(settings: Settings, name: str) -> Path:
@@ -79,7 +82,7 @@ def promote(c, name: str, version: str, candidate: Scored, margin: float, lock_p
     global concurrency limit `ganpipe-promote-<name>`, which every machine using that server shares;
     embedded (no server), it is a flock file in GANPIPE_HOME, which serialises this machine only."""
     version = str(version)
-    candidate = Scored(candidate.fid, candidate.fingerprint_id, version, candidate.error)
+    candidate = dataclasses.replace(candidate, version=version)
     holder = f"pid {os.getpid()} on {socket.gethostname()}: {name} v{version}"
     def on_wait(who: str) -> None:
         log.info("promotion of %s v%s waits for the lock held by %s", name, version, who)
@@ -92,7 +95,7 @@ def promote(c, name: str, version: str, candidate: Scored, margin: float, lock_p
             c.set_registered_model_alias(name, CHAMPION, version)
             if champion is not None:  # its own promotion tags stay as decided then; this says what replaced it
                 c.set_model_version_tag(name, champion.version, "promotion.superseded_by",
-                                        f"v{version} (FID {candidate.fid:.4f})")
+                                        f"v{version} ({candidate.metric} {candidate.value:.4f})")
         c.set_model_version_tag(name, version, "promotion.decision", decision_label(candidate, promoted))
         c.set_model_version_tag(name, version, "promotion.reason", reason)
     return promoted, reason
@@ -128,36 +131,82 @@ def lineage_tags(settings: Settings, cfg: PipelineConfig, training: dict, evalua
         "model.arch": cfg.model.arch,
         "model.loss": cfg.model.loss,
         "eval.metric": evaluation["metric"],
-        "eval.fid": repr(fid_from_record(evaluation["fid"])),
+        "eval.value": repr(gate_value(evaluation)),
+        "eval.higher_is_better": "true" if evaluation.get("higher_is_better") else "false",
         "eval.fingerprint_id": evaluation["fingerprint"]["id"],
         "eval.fingerprint": json.dumps(evaluation["fingerprint"], sort_keys=True),
     }
+    if "fid" in evaluation:  # FID-gated families keep the tag older readers look for
+        tags["eval.fid"] = repr(gate_value(evaluation))
     if evaluation.get("error"):
         tags["eval.error"] = str(evaluation["error"])
     return tags
 
 
-def generator_signature(spec: LatentSpec, out: np.ndarray):
-    """Tensor signature of G: z (B, input_dim) float32, then y (B,) int64 for a conditional G."""
+def gate_value(evaluation: dict) -> float:
+    """The gate metric of an evaluation record (`value`; `fid` in records written before)."""
+    return fid_from_record(evaluation.get("value", evaluation.get("fid")))
+
+
+def generator_signature(inputs: list[tuple[str, np.ndarray, tuple]], out: np.ndarray):
+    """Tensor signature from (name, example, shape with -1 for dynamic dims) per input; the output's
+    batch (and, for image inputs, height and width) are dynamic too."""
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    inputs = [TensorSpec(np.dtype(np.float32), (-1, spec.input_dim), "z")]
-    if spec.conditional:
-        inputs.append(TensorSpec(np.dtype(np.int64), (-1,), "y"))
-    return ModelSignature(Schema(inputs), Schema([TensorSpec(np.dtype(np.float32), (-1, *out.shape[1:]), "images")]))
+    specs = [TensorSpec(example.dtype, shape, name) for name, example, shape in inputs]
+    out_shape = (-1, out.shape[1], -1, -1) if len(inputs[0][2]) == 4 else (-1, *out.shape[1:])
+    return ModelSignature(Schema(specs), Schema([TensorSpec(np.dtype(np.float32), out_shape, "images")]))
 
 
-def export_args(G) -> dict:
+def export_inputs(cfg: PipelineConfig, module) -> tuple[list[tuple[str, np.ndarray, tuple]], dict]:
+    """What the exported program takes, as the family declares it, and the metadata that says so
+    (an exported program has no attributes): latents (z, then y for a conditional G) for noise
+    families; an image batch in [-1, 1] with dynamic height and width, plus the direction (0, 1, ...)
+    where a family translates several ways, for image-conditioned ones."""
+    family = family_for(cfg.model)
+    if not family.image_input:
+        spec = module.latent
+        example = spec.sample(8, generator=torch.Generator().manual_seed(0))
+        inputs = [("z", example.z.numpy(), (-1, spec.input_dim))]
+        if spec.conditional:
+            inputs.append(("y", example.y.numpy(), (-1,)))
+        return inputs, {"arch": family.name, "latent": spec.to_dict()}
+    d = cfg.data
+    real = torch.rand(8, d.channels, d.resolution, d.resolution, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    x, _ = family.heldout(real, real.clone(), cfg.family)
+    inputs = [("images", x.numpy(), (-1, d.channels, -1, -1))]
+    if family.directions:
+        inputs.append(("direction", (torch.arange(8) % len(family.directions)).numpy(), (-1,)))
+    meta = {"arch": family.name, "input": {"channels": d.channels, "resolution": int(x.shape[-1])},
+            "directions": list(family.directions),
+            "options": dataclasses.asdict(cfg.family) if cfg.family is not None else {}}
+    return inputs, meta
+
+
+def export_context(cfg: PipelineConfig):
+    """Around torch.export of an image-conditioned generator: size-oblivious reasoning about sizes,
+    without which a U-Net whose bottleneck is 1x1 at the example size is specialised to that size
+    (measured with torch 2.13: a 16 px example exported a 16-px-only program; with it, one that
+    takes any multiple of the network's stride). Noise families export as before."""
+    import contextlib
+
+    if not family_for(cfg.model).image_input:
+        return contextlib.nullcontext()
+    from torch.fx.experimental import _config as fx_config
+
+    return fx_config.patch(backed_size_oblivious=True)
+
+
+def export_args(cfg: PipelineConfig, module) -> dict:
     """How a generator is saved to MLflow: a torch.export (pt2) program, which loads without
-    unpickling code, with a dynamic batch dimension (needs an example batch > 1) and the latent
-    spec as metadata, since an exported program has no attributes to read it from."""
-    spec = G.latent
-    example = spec.sample(8, generator=torch.Generator().manual_seed(0))
+    unpickling code, with dynamic batch (MLflow marks the signature's -1 dims dynamic; it needs an
+    example batch > 1) and the family's inputs as metadata."""
+    inputs, meta = export_inputs(cfg, module)
     with torch.no_grad():
-        out = G(*example.inputs).numpy()
-    return {"input_example": tuple(t.numpy() for t in example.inputs), "signature": generator_signature(spec, out),
-            "serialization_format": "pt2", "metadata": {"latent": spec.to_dict()},
+        out = module(*(torch.from_numpy(example) for _, example, _ in inputs)).numpy()
+    return {"input_example": tuple(example for _, example, _ in inputs),
+            "signature": generator_signature(inputs, out), "serialization_format": "pt2", "metadata": meta,
             "pip_requirements": [f"torch=={torch.__version__.split('+')[0]}"]}
 
 
@@ -173,16 +222,17 @@ def _register_once(settings: Settings, cfg: PipelineConfig, lineage: dict) -> di
     run_id = training.get("mlflow_run_id")
     name = model_name(cfg)
     c = client(settings.mlflow_uri)
-    fid = fid_from_record(evaluation["fid"])  # null in the record: not finite
-    candidate = Scored(fid, evaluation["fingerprint"]["id"], error=str(evaluation.get("error") or ""))
+    value = gate_value(evaluation)  # null in the record: not finite
+    candidate = Scored(value, evaluation["fingerprint"]["id"], error=str(evaluation.get("error") or ""),
+                       higher_is_better=bool(evaluation.get("higher_is_better")), metric=evaluation["metric"])
 
     existing = registered_version(c, name, str(run_id), training["checkpoint_sha256"])
     if existing is None:
         mlflow.set_tracking_uri(settings.mlflow_uri)
         _, state = rebuild(load_checkpoint(settings.candidate_dir / "checkpoint.pt"))
-        G = state.G_ema.eval()
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pytorch.log_model(G, name="generator", **export_args(G))
+        G = state.family.infer(state.G_ema.eval())  # what the family exports (CycleGAN: both directions)
+        with mlflow.start_run(run_id=run_id), export_context(cfg):
+            info = mlflow.pytorch.log_model(G, name="generator", **export_args(cfg, G))
             mlflow.log_artifact(str(settings.candidate_dir / "checkpoint.pt"), "checkpoint")
         tags = lineage_tags(settings, cfg, training, evaluation, lineage)
         version = str(mlflow.register_model(info.model_uri, name, tags=tags).version)
@@ -200,7 +250,9 @@ def _register_once(settings: Settings, cfg: PipelineConfig, lineage: dict) -> di
         reason = f"already registered as v{version} for this training run and checkpoint: {recorded}"
     result = {"model_name": name, "version": version, "champion": promoted, "reason": reason,
               "model_uri": f"models:/{name}/{version}", "metric": evaluation["metric"],
-              "fid": fid, "mlflow_run_id": run_id}
+              "value": value, "higher_is_better": candidate.higher_is_better, "mlflow_run_id": run_id}
+    if "fid" in evaluation:
+        result["fid"] = value
     if evaluation.get("error"):
         result["error"] = evaluation["error"]
     write_record(settings.reports_dir / "registration.json", json_safe(result))

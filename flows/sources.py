@@ -46,6 +46,18 @@ BUILTIN: dict[str, Callable[[], RawData]] = {
 }
 # datasets usable by name without `dataset add` (prepare builds them from the source; the default run)
 BUILTIN_DATASETS = {"digits": "sklearn-digits", "blobs": "synthetic-blobs", "shapes": "synthetic-shapes"}
+# two-domain and super-resolution datasets derived from bundled real images (gan_core.pairs): name -> kind
+IMAGE_BUILTINS = {"edges2digits": "paired", "edges2photos": "paired", "digits-inverted": "unpaired",
+                  "photo-patches": "superres"}
+
+
+def builtin_kind(name: str) -> str:
+    """The dataset kind of a built-in, checked against the family before any work."""
+    return IMAGE_BUILTINS.get(name, "labelled")  # digits, blobs and shapes all carry their classes
+
+
+def builtin_names() -> list[str]:
+    return [*BUILTIN_DATASETS, *IMAGE_BUILTINS]
 
 
 # ---- standard downloads ---------------------------------------------------------------------------

@@ -291,10 +291,14 @@ def champion_version(c: MlflowClient, name: str):
 def mlflow_monitor(cfg: PipelineConfig, data_dir, manifest: dict, tracking_uri: str, run_id: str, floor: int = 0):
     """The cheap in-training evaluation, streaming `monitor/<metric>_<n>` curves to the MLflow run.
     Uses the domain classifier (fast on CPU); None when it is off or the dataset has no such stats."""
-    from gan_core.metrics.evaluator import DOMAIN, load_evaluator
+    from gan_core.metrics.evaluator import DOMAIN, evaluator_for
     from gan_core.metrics.monitor import FIDMonitor
+    from gan_core.models import family_for
 
-    if cfg.eval.every == 0 or not (data_dir / "ref_stats" / DOMAIN / "stats.json").is_file():
+    family = family_for(cfg.model)
+    if cfg.eval.every == 0:
+        return None
+    if not family.image_input and not (data_dir / "ref_stats" / DOMAIN / "stats.json").is_file():
         return None
     stream = MetricStream(tracking_uri, run_id)  # like the loss curves: an unreachable server never blocks
 
@@ -314,7 +318,7 @@ def mlflow_monitor(cfg: PipelineConfig, data_dir, manifest: dict, tracking_uri: 
             super().on_train_end(state)  # the last scoring first: its values join the stream
             stream.close()
 
-    evaluator = load_evaluator(data_dir, manifest, DOMAIN)
+    evaluator = evaluator_for(family, cfg.family, data_dir, manifest, DOMAIN)
     return StreamingMonitor(evaluator, cfg.eval.every, cfg.eval.n_cheap, cfg.eval.seed, sink, on_error,
                             grid_sink=grid_sink)
 

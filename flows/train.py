@@ -20,10 +20,10 @@ from flows.records import write_record
 from flows.resume import CKPT_NAME
 from flows.settings import Settings, without_password
 from flows.verdict import Verdict, divergence_verdict
-from gan_core.checkpoint import (gather_rng_states, load_checkpoint, restore, save_checkpoint,
+from gan_core.checkpoint import (gather, gather_rng_states, load_checkpoint, restore, save_checkpoint,
                                  to_checkpoint)
 from gan_core.config import PipelineConfig
-from gan_core.data import ShardedBatches, load_manifest, load_prepared
+from gan_core.data import ShardedBatches, load_manifest, load_prepared, training_arrays
 from gan_core.files import replace_dir
 from gan_core.replicas import check_replicas
 from gan_core.train import (Callback, DivergedError, TrainState, batch_position, build_state, distribute,
@@ -47,13 +47,13 @@ class RayCheckpoints(Callback):
         import ray.train
 
         check_replicas({"G": state.G, "D": state.D, "G_ema": state.G_ema}, state.step)
-        rng = gather_rng_states()
+        rng, extras = gather_rng_states(), gather(state.extra)  # each rank's stream and family state
         metrics = {"step": state.step, "images_seen": state.images_seen}
         if self.rank != 0:
             ray.train.report(metrics, checkpoint=None)
             return
         with tempfile.TemporaryDirectory() as d:
-            save_checkpoint(Path(d) / CKPT_NAME, to_checkpoint(state, self.cfg, rng, self.meta))
+            save_checkpoint(Path(d) / CKPT_NAME, to_checkpoint(state, self.cfg, rng, self.meta, extras))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
@@ -121,9 +121,9 @@ def train_loop_per_worker(config: dict) -> None:
     if world > 1:
         distribute(state, world)
 
-    images = torch.from_numpy(data.images).to(device)
-    labels = torch.from_numpy(data.labels).to(device) if data.labels is not None else None
-    batches = ShardedBatches(images, labels, cfg.train.per_worker_batch, rank, world, cfg.train.seed)
+    aligned, independent = (
+        {k: torch.from_numpy(a).to(device) for k, a in arrays.items()} for arrays in training_arrays(data))
+    batches = ShardedBatches(aligned, cfg.train.per_worker_batch, rank, world, cfg.train.seed, independent)
 
     callbacks: list[Callback] = []
     if config.get("fault_at"):

@@ -59,7 +59,11 @@ def set_rng_state(s: dict[str, Any]) -> None:
 
 def gather_rng_states() -> list[dict[str, Any]]:
     """RNG state of every rank (index = rank), so a resumed run continues each rank's stream."""
-    mine = rng_state()
+    return gather(rng_state())
+
+
+def gather(mine: Any) -> list[Any]:
+    """`mine` from every rank (index = rank); [mine] outside a process group."""
     if not (dist.is_available() and dist.is_initialized()):
         return [mine]
     out: list[Any] = [None] * dist.get_world_size()
@@ -68,7 +72,10 @@ def gather_rng_states() -> list[dict[str, Any]]:
 
 
 # ---- state <-> dict ----------------------------------------------------------------------------
-def to_checkpoint(state: TrainState, cfg: PipelineConfig, rng: list[dict], meta: dict | None = None) -> dict:
+def to_checkpoint(state: TrainState, cfg: PipelineConfig, rng: list[dict], meta: dict | None = None,
+                  extras: list[dict] | None = None) -> dict:
+    """`extras`: every rank's `state.extra` (index = rank) where it is rank-local (CycleGAN's image
+    pools hold each rank's own past fakes); left out, rank 0's stands for all."""
     return {
         "format": FORMAT,
         "config": cfg.to_dict(),
@@ -83,6 +90,7 @@ def to_checkpoint(state: TrainState, cfg: PipelineConfig, rng: list[dict], meta:
         "scaler": state.scaler.state_dict() if state.scaler is not None else {},
         "sampler": sampler_state(state.step, state.world, cfg.train),
         "extra": state.extra,
+        "extra_ranks": extras if extras is not None else [state.extra],
         "rng": rng,
         "meta": meta or {},
     }
@@ -126,6 +134,9 @@ def restore(state: TrainState, ckpt: dict, rank: int = 0) -> TrainState:
     state.extra = dict(ckpt.get("extra", {}))
     if rank < len(ckpt["rng"]) and int(ckpt.get("world", 1)) == state.world:
         set_rng_state(ckpt["rng"][rank])
+        ranks = ckpt.get("extra_ranks") or []
+        if rank < len(ranks):  # this rank's own family state (image pools), not rank 0's
+            state.extra = dict(ranks[rank])
     return state
 
 

@@ -169,6 +169,7 @@ class RegisterConfig:
                f"{self.model_prefix!r} must match {NAME_RE.pattern}")
 
 
+FAMILY = "family"  # params.yaml section holding each family's own settings, by family name
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "eval": EvalConfig,
             "register": RegisterConfig}
 
@@ -180,22 +181,32 @@ class PipelineConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     register: RegisterConfig = field(default_factory=RegisterConfig)
+    # the selected family's own settings (pix2pix's l1_lambda, ...): its Options dataclass, read from
+    # params.yaml's `family:` section (`family: {pix2pix: {l1_lambda: 50}}`); None when it has none
+    family: Any = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "PipelineConfig":
         """Sections from d; a field d leaves out takes the selected family's default (WGAN's
-        RMSprop, WGAN-GP's Adam(0, 0.9), ...) and then the dataclass default."""
+        RMSprop, WGAN-GP's Adam(0, 0.9), ...) and then the dataclass default. `family:` holds a
+        sub-section per family: every one is validated by its family (a typo in one is an error
+        whichever family runs), and the selected family's becomes `family`."""
         d = d or {}
-        unknown = sorted(set(d) - set(SECTIONS))
+        unknown = sorted(set(d) - set(SECTIONS) - {FAMILY})
         if unknown:
-            raise ConfigError(unknown[0], f"unknown section (known: {', '.join(SECTIONS)})")
+            raise ConfigError(unknown[0], f"unknown section (known: {', '.join([*SECTIONS, FAMILY])})")
         model = d.get("model") or {}
-        defaults = _family_defaults(model.get("arch", ModelConfig.arch) if isinstance(model, dict) else None)
-        return cls(**{name: _section_from_dict(name, sec, d.get(name) or {}, defaults.get(name, {}))
-                      for name, sec in SECTIONS.items()})
+        arch = model.get("arch", ModelConfig.arch) if isinstance(model, dict) else None
+        defaults = _family_defaults(arch)
+        sections = {name: _section_from_dict(name, sec, d.get(name) or {}, defaults.get(name, {}))
+                    for name, sec in SECTIONS.items()}
+        return cls(**sections, family=_family_options(d.get(FAMILY) or {}, arch))
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return dataclasses.asdict(self)
+        out = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        if self.family is not None:  # absent otherwise, so the params hash of older configs is unchanged
+            out[FAMILY] = {self.model.arch: dataclasses.asdict(self.family)}
+        return out
 
     def params_hash(self) -> str:
         """sha256 of the canonical JSON of every setting: the 'params hash' lineage tag."""
@@ -204,6 +215,39 @@ class PipelineConfig:
 
 def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def family_sections() -> dict[str, type]:
+    """Family name -> its Options dataclass, for the families that have settings of their own."""
+    from gan_core.models import ARCHS  # the family table imports this module
+
+    return {name: f.options for name, f in ARCHS.items() if f.options is not None}
+
+
+def _family_options(values: Any, arch: Any):
+    """Validate every sub-section of `family:`; return the selected family's Options (or None)."""
+    if not isinstance(values, dict):
+        raise ConfigError(FAMILY, f"must be a mapping of family name -> settings, got {type(values).__name__}")
+    options = family_sections()
+    for name in values:
+        if name not in options:
+            raise ConfigError(f"{FAMILY}.{name}", f"not a family with settings of its own "
+                                                  f"(those with some: {', '.join(sorted(options)) or 'none'})")
+    chosen = {name: _options(name, options[name], values[name] or {}) for name in values}
+    if arch in options:
+        return chosen.get(arch) or _options(arch, options[arch], {})
+    return None
+
+
+def _options(name: str, cls: type, values: dict):
+    """One family's Options; its own checks name the field as `family.<name>.<field>` too."""
+    prefix = f"{FAMILY}.{name}."
+    try:
+        return _section_from_dict(prefix[:-1], cls, values, {})
+    except ConfigError as e:
+        if e.field.startswith(prefix):
+            raise
+        raise ConfigError(prefix + e.field.rsplit(".", 1)[-1], e.reason) from None
 
 
 def _family_defaults(arch: Any) -> dict[str, dict[str, Any]]:
@@ -228,6 +272,7 @@ def _section_from_dict(section: str, cls: type, values: dict[str, Any], defaults
 
 def _coerce(name: str, type_name: str, value: Any) -> Any:
     """Strict scalar coercion: ints may become floats, nothing else changes type silently."""
+    type_name = getattr(type_name, "__name__", type_name)  # a class, when a module lacks postponed annotations
     if type_name == "bool":
         _check(isinstance(value, bool), name, f"must be true or false, got {value!r}")
     elif type_name == "int":

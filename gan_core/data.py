@@ -41,6 +41,15 @@ class PreparedDataset:
     images_b: np.ndarray | None = None  # (M, C, R, R) uint8: the second domain of paired/unpaired data
 
     @property
+    def kind(self) -> str:
+        return self.manifest.get("kind", "labelled" if self.labels is not None else "unconditional")
+
+    @property
+    def heldout(self) -> int:
+        """The last `heldout` rows (of images, labels and images_b) are never trained on."""
+        return int(self.manifest.get("heldout", 0))
+
+    @property
     def num_classes(self) -> int:
         return int(self.manifest["labels"]["num_classes"]) if self.labels is not None else 0
 
@@ -190,28 +199,75 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 class ShardedBatches:
-    """Endless per-worker batches drawn by torch's DistributedSampler, resumable from a step.
+    """Endless per-worker batches (dicts of uint8 tensors) drawn by torch's DistributedSampler,
+    resumable from a step.
 
-    Each epoch every worker sees a disjoint shard; `epoch` and the position inside it follow from
-    the step alone, so a resumed run continues with exactly the batches the original would have seen.
+    `aligned` arrays share one index (images with their labels, or with their pairs in paired data);
+    `independent` arrays (the second domain of unpaired data) are drawn by a sampler of their own, so
+    no pairing between the domains is ever implied. Each epoch every worker sees a disjoint shard;
+    `epoch` and the position inside it follow from the step alone, so a resumed run continues with
+    exactly the batches the original would have seen.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, batch_size: int,
-                 rank: int, world: int, seed: int):
-        self.images, self.labels, self.batch_size = images, labels, batch_size
-        self.sampler = DistributedSampler(range(len(images)), num_replicas=world, rank=rank,
-                                          shuffle=True, seed=seed, drop_last=True)
-        self.per_epoch = len(self.sampler) // batch_size
-        if self.per_epoch == 0:
-            raise DataError(f"dataset of {len(images)} images is smaller than one batch of "
-                            f"{batch_size} per worker x {world} workers")
+    def __init__(self, aligned: dict[str, torch.Tensor], batch_size: int, rank: int, world: int, seed: int,
+                 independent: dict[str, torch.Tensor] | None = None):
+        self.aligned, self.independent, self.batch_size = aligned, independent or {}, batch_size
+        self._order: dict[int, tuple[int, torch.Tensor]] = {}
+        self.per_epoch, self.sampler = self._sampler(aligned, rank, world, seed)
+        self.per_epoch_b, self.sampler_b = (self._sampler(self.independent, rank, world, seed + 1)
+                                            if self.independent else (0, None))
 
-    def from_step(self, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-        epoch, offset = divmod(step, self.per_epoch)
+    def _sampler(self, arrays: dict[str, torch.Tensor], rank: int, world: int, seed: int):
+        n = len(next(iter(arrays.values())))
+        sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed,
+                                     drop_last=True)
+        per_epoch = len(sampler) // self.batch_size
+        if per_epoch == 0:
+            raise DataError(f"{'/'.join(arrays)}: {n} training images are smaller than one batch of "
+                            f"{self.batch_size} per worker x {world} workers")
+        return per_epoch, sampler
+
+    def _rows(self, sampler: DistributedSampler, epoch: int, b: int) -> torch.Tensor:
+        cached = self._order.get(id(sampler))
+        if cached is None or cached[0] != epoch:  # one permutation per epoch, not per batch
+            sampler.set_epoch(epoch)
+            cached = self._order[id(sampler)] = (epoch, torch.tensor(list(sampler), dtype=torch.long))
+        return cached[1][b * self.batch_size:(b + 1) * self.batch_size]
+
+    def from_step(self, step: int) -> Iterator[dict[str, torch.Tensor]]:
+        k = step  # the global batch number, which also places the independent sampler
         while True:
-            self.sampler.set_epoch(epoch)
-            idx = torch.tensor(list(self.sampler), dtype=torch.long)
-            for b in range(offset, self.per_epoch):
-                sel = idx[b * self.batch_size:(b + 1) * self.batch_size]
-                yield self.images[sel], (self.labels[sel] if self.labels is not None else None)
-            epoch, offset = epoch + 1, 0
+            epoch, b = divmod(k, self.per_epoch)
+            sel = self._rows(self.sampler, epoch, b)
+            batch = {name: a[sel] for name, a in self.aligned.items()}
+            if self.sampler_b is not None:
+                sel_b = self._rows(self.sampler_b, *divmod(k, self.per_epoch_b))
+                batch.update({name: a[sel_b] for name, a in self.independent.items()})
+            yield batch
+            k += 1
+
+
+def training_arrays(data: PreparedDataset) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(aligned, independent) arrays a family trains on, without the held-out rows: images with
+    labels or with their paired images_b; an unpaired dataset's images_b on their own."""
+    keep = lambda a: a[:len(a) - data.heldout] if data.heldout else a  # noqa: E731
+    aligned = {"images": keep(data.images)}
+    if data.labels is not None:
+        aligned["labels"] = keep(data.labels)
+    independent = {}
+    if data.images_b is not None:
+        (independent if data.kind == "unpaired" else aligned)["images_b"] = keep(data.images_b)
+    return aligned, independent
+
+
+def heldout_arrays(data: PreparedDataset) -> tuple[np.ndarray, np.ndarray | None]:
+    """The held-out rows of images and images_b (None where the dataset has no second domain, or
+    an unpaired dataset whose held-out rows are not aligned ground truth)."""
+    if not data.heldout:
+        raise DataError(f"{data.manifest.get('name', 'dataset')}: manifest.json holds no held-out rows "
+                        "(`heldout`); image-conditioned families are evaluated on them")
+    n = data.heldout
+    b = data.images_b[-n:] if data.images_b is not None else None
+    if data.kind == "unpaired" and not data.manifest.get("heldout_aligned"):
+        b = None
+    return data.images[-n:], b

@@ -2,15 +2,19 @@
 
 A family names the kind of dataset it trains on, builds its networks from the config (and the
 dataset's class count, for conditional families), lists the losses it supports, owns its train
-step, names the metrics its evaluation reports and sets its own defaults (WGAN's RMSprop, ...),
-which apply wherever params.yaml or an override leaves a field out. Adding a family is adding
-one entry to `gan_core.models.ARCHS`; nothing in flows/ changes.
+step, names the metrics its evaluation reports and the one its champion gate compares (with the
+direction that is better), sets its own defaults (WGAN's RMSprop, ...), which apply wherever
+params.yaml or an override leaves a field out, and may own a settings section (Options).
+Image-conditioned families (pix2pix, cyclegan, srgan) also say how held-out data becomes the
+generator's inputs and targets, how they are scored, and which module is exported. Adding a family
+is a file in gan_core/models/ and one entry in `gan_core.models.ARCHS`; nothing in flows/ changes.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+import torch
 from torch import nn
 
 if TYPE_CHECKING:
@@ -18,7 +22,32 @@ if TYPE_CHECKING:
     from gan_core.train import TrainState
 
 DATASET_KINDS = ("unconditional", "labelled", "paired", "unpaired", "superres")
-Builder = Callable[["ModelConfig", "DataConfig", int], nn.Module]  # (model, data, n_classes)
+IMAGE_KINDS = ("paired", "unpaired", "superres")  # the generator reads an image, not noise
+# (model, data, n_classes, options): n_classes is the dataset's class count (conditional families),
+# options the family's Options instance (None for families without settings of their own)
+Builder = Callable[["ModelConfig", "DataConfig", int, Any], nn.Module]
+# held-out (images A, images B or None, options) -> (G's inputs, targets or None), float in [-1, 1]
+Heldout = Callable[[torch.Tensor, "torch.Tensor | None", Any], tuple[torch.Tensor, "torch.Tensor | None"]]
+# (inference module, inputs, targets or None, options) -> metrics without the sample-count suffix
+Score = Callable[[nn.Module, torch.Tensor, "torch.Tensor | None", Any], dict[str, float]]
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The metric the champion gate compares, and which way is better."""
+    metric: str  # a key of the evaluation's metrics without the sample count (fid, psnr)
+    higher_is_better: bool
+
+    @property
+    def direction(self) -> str:
+        return "higher" if self.higher_is_better else "lower"
+
+
+FID_GATE = Gate("fid", higher_is_better=False)
+
+
+def same_module(G: nn.Module) -> nn.Module:
+    return G
 
 
 @dataclass(frozen=True)
@@ -32,6 +61,14 @@ class Family:
     step: Callable[["TrainState", list, "TrainConfig"], dict]
     metrics: tuple[str, ...] = ("fid",)  # evaluation metrics beyond the shared FID/KID/IS/PR set
     defaults: dict[str, dict[str, Any]] = field(default_factory=dict)  # section -> field -> value
+    options: type | None = None  # frozen dataclass of the family's own settings (params section `<name>:`)
+    gate: Gate = FID_GATE
+    # image-conditioned families: what is exported and translates (G itself, or CycleGAN's two
+    # directions behind one module), how held-out data becomes inputs/targets, and the scores
+    infer: Callable[[nn.Module], nn.Module] = same_module
+    heldout: Heldout | None = None
+    score: Score | None = None
+    directions: tuple[str, ...] = ()  # names of the translation directions (a2b, b2a), if several
 
     def __post_init__(self):
         if self.dataset_kind not in DATASET_KINDS:
@@ -39,8 +76,15 @@ class Family:
         loss = self.defaults.get("model", {}).get("loss", "nonsat")
         if loss not in self.losses:
             raise ValueError(f"family {self.name}: default loss {loss!r} not in its losses {self.losses}")
+        if self.image_input and (self.heldout is None or self.score is None):
+            raise ValueError(f"family {self.name}: an image-conditioned family declares heldout and score")
 
     @property
     def conditional(self) -> bool:
         """Needs class labels: built with the dataset's class count, trained on (image, label)."""
         return self.dataset_kind == "labelled"
+
+    @property
+    def image_input(self) -> bool:
+        """G reads an image (translation, super-resolution) rather than a latent vector."""
+        return self.dataset_kind in IMAGE_KINDS

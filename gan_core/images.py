@@ -52,27 +52,40 @@ def read_provenance(path: str | Path) -> dict:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
-def read_folder(folder: str | Path, channels: int) -> torch.Tensor:
-    """All images of a folder (sorted by name) as (N, channels, H, W) float in [-1, 1].
-    Every image passes the same checks as `ganpipe dataset add` (gan_core.ingest.decode) and all
-    must share one size (no resizing: evaluation compares images as they are); errors name the file."""
+def read_image(path: str | Path, channels: int) -> torch.Tensor:
+    """One image file as (1, channels, H, W) float in [-1, 1], through the checks `ganpipe dataset
+    add` applies (format allow-list, decompression-bomb limit, modes); errors name the file."""
+    path = Path(path)
+    policy = IngestPolicy(channels=channels)
+    try:
+        im, _ = to_target_mode(load_pixels(open_checked(path.read_bytes(), policy)), policy)
+    except Rejected as r:
+        raise ValueError(f"{path}: cannot be read as an image ({r.reason}: {r.detail})") from None
+    arr = np.asarray(im, dtype=np.uint8)
+    arr = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+    return torch.from_numpy(np.array(arr))[None].float().div_(127.5).sub_(1.0)  # a copy: PIL memory is read-only
+
+
+def image_files(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: not a folder of images")
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise ValueError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
-    arrays, size = [], None
-    policy = IngestPolicy(channels=channels)  # the dataset checks: format allow-list, bomb limit, modes
+    return paths
+
+
+def read_folder(folder: str | Path, channels: int) -> torch.Tensor:
+    """All images of a folder (sorted by name) as (N, channels, H, W) float in [-1, 1].
+    Every image passes `read_image`'s checks and all must share one size (no resizing: evaluation
+    compares images as they are); errors name the file."""
+    paths = image_files(folder)
+    images = []
     for p in paths:
-        try:
-            im, _ = to_target_mode(load_pixels(open_checked(p.read_bytes(), policy)), policy)
-        except Rejected as r:
-            raise ValueError(f"{p}: cannot be read as an image ({r.reason}: {r.detail})") from None
-        arr = np.asarray(im, dtype=np.uint8)
-        if size is None:
-            size = arr.shape[:2]
-        elif arr.shape[:2] != size:
-            raise ValueError(f"{p}: {arr.shape[1]}x{arr.shape[0]} differs from {size[1]}x{size[0]} of {paths[0].name}")
-        arrays.append(arr[None] if channels == 1 else arr.transpose(2, 0, 1))
-    return torch.from_numpy(np.stack(arrays)).float().div_(127.5).sub_(1.0)
+        x = read_image(p, channels)
+        if images and x.shape != images[0].shape:
+            raise ValueError(f"{p}: {x.shape[-1]}x{x.shape[-2]} differs from {images[0].shape[-1]}x"
+                             f"{images[0].shape[-2]} of {paths[0].name}")
+        images.append(x)
+    return torch.cat(images)

@@ -50,8 +50,8 @@ def adversarial_step(state: "TrainState", batches: list, cfg: "TrainConfig") -> 
     G_plain, d_plain = unwrap(state.G), unwrap(state.D)
     spec = G_plain.latent
     out: dict[str, torch.Tensor] = {}
-    for i, (real_u8, labels) in enumerate(batches):
-        real = to_float(real_u8.to(state.device, non_blocking=True))  # (B, C, R, R) in [-1, 1]
+    for i, batch in enumerate(batches):
+        real, labels = to_float(batch["images"].to(state.device, non_blocking=True)), batch.get("labels")  # [-1, 1]
         if state.channels_last:
             real = real.contiguous(memory_format=torch.channels_last)
         y = labels.to(state.device) if spec.conditional else None  # fakes get the real batch's classes

@@ -8,7 +8,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -41,7 +41,8 @@ class TrainState:
     images_seen: int = 0
     bf16: bool = False
     channels_last: bool = False
-    extra: dict = field(default_factory=dict)  # family-specific state (e.g. a scaler); checkpointed
+    extra: dict = field(default_factory=dict)  # family-specific state (phase, image pools); checkpointed
+    options: Any = None  # the family's Options (its `family:` config section), or None
     # fp16 loss scaling; None on CPU and with bf16 (same exponent range as fp32: nothing to scale).
     # Checkpointed when present, so a resumed fp16 run keeps its scale instead of re-warming it.
     scaler: torch.amp.GradScaler | None = None
@@ -73,14 +74,15 @@ def build_state(cfg: PipelineConfig, device: torch.device | str = "cpu", n_class
                                         f"least 2 classes; dataset {cfg.data.name!r} has {n_classes}")
     n_classes = n_classes if family.conditional else 0
     device = torch.device(device)
-    G = family.build_g(cfg.model, cfg.data, n_classes).to(device)
-    D = family.build_d(cfg.model, cfg.data, n_classes).to(device)
+    G = family.build_g(cfg.model, cfg.data, n_classes, cfg.family).to(device)
+    D = family.build_d(cfg.model, cfg.data, n_classes, cfg.family).to(device)
     if cfg.train.channels_last:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     t = cfg.train
     return TrainState(family, G, D, G_ema, optimizer(G, t, t.lr_g), optimizer(D, t, t.lr_d),
-                      LOSSES[cfg.model.loss], device, n_classes=n_classes, bf16=t.bf16, channels_last=t.channels_last)
+                      LOSSES[cfg.model.loss], device, n_classes=n_classes, bf16=t.bf16, channels_last=t.channels_last,
+                      options=cfg.family)
 
 
 def optimizer(model: nn.Module, t: TrainConfig, lr: float) -> torch.optim.Optimizer:
@@ -145,7 +147,7 @@ def train(state: TrainState, batches: Iterator, cfg: PipelineConfig,
         out = state.family.step(state, group, t)
         state.step += 1
         check_finite(state, out)
-        batch_images = sum(b[0].shape[0] for b in group) * state.world
+        batch_images = sum(b["images"].shape[0] for b in group) * state.world
         state.images_seen += batch_images
         decay = t.ema_decay if state.step > t.ema_start else 0.0
         ema_update(state.G_ema, unwrap(state.G), decay)

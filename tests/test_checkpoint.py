@@ -15,7 +15,7 @@ from gan_core.train import build_state, train
 def _trained(cfg, steps):
     s = build_state(cfg)
     images, _ = blobs(64)
-    b = ShardedBatches(torch.from_numpy(images), None, 8, 0, 1, 0)
+    b = ShardedBatches({"images": torch.from_numpy(images)}, 8, 0, 1, 0)
     train(s, b.from_step(0), cfg)
     return s, b
 
@@ -43,7 +43,7 @@ def test_round_trip_restores_every_piece(tmp_path, cfg):
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     cfg = tiny_config(train={"steps": 6, "log_every": 3, "checkpoint_every": 3})
     images, _ = blobs(64)
-    batches = lambda: ShardedBatches(torch.from_numpy(images), None, 8, 0, 1, 0)
+    batches = lambda: ShardedBatches({"images": torch.from_numpy(images)}, 8, 0, 1, 0)
     torch.manual_seed(1)
     straight = build_state(cfg)
     train(straight, batches().from_step(0), cfg)

@@ -35,9 +35,10 @@ def test_ints_become_floats_but_nothing_else_is_coerced():
 
 
 def test_override_parsing():
-    assert parse_override("train.steps=500") == ("train", "steps", 500)
-    assert parse_override("model.arch=dcgan") == ("model", "arch", "dcgan")
-    assert parse_override("train.use_gpu=true") == ("train", "use_gpu", True)
+    assert parse_override("train.steps=500") == (("train", "steps"), 500)
+    assert parse_override("model.arch=dcgan") == (("model", "arch"), "dcgan")
+    assert parse_override("train.use_gpu=true") == (("train", "use_gpu"), True)
+    assert parse_override("family.pix2pix.l1_lambda=50") == (("family", "pix2pix", "l1_lambda"), 50)
     for bad in ("train.steps", "steps=5", "nope.steps=5", "a.b.c=1"):
         with pytest.raises(ConfigError):
             parse_override(bad)

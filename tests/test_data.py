@@ -77,18 +77,49 @@ def test_float_range_round_trip():
 
 def test_sharded_batches_are_disjoint_and_resumable():
     images = torch.arange(40, dtype=torch.uint8).reshape(40, 1, 1, 1)
-    r0 = ShardedBatches(images, None, 4, rank=0, world=2, seed=3)
-    r1 = ShardedBatches(images, None, 4, rank=1, world=2, seed=3)
+    r0 = ShardedBatches({"images": images}, 4, rank=0, world=2, seed=3)
+    r1 = ShardedBatches({"images": images}, 4, rank=1, world=2, seed=3)
     a, b = r0.from_step(0), r1.from_step(0)
-    seen0 = torch.cat([next(a)[0].flatten() for _ in range(5)])
-    seen1 = torch.cat([next(b)[0].flatten() for _ in range(5)])
+    seen0 = torch.cat([next(a)["images"].flatten() for _ in range(5)])
+    seen1 = torch.cat([next(b)["images"].flatten() for _ in range(5)])
     assert len(set(seen0.tolist()) | set(seen1.tolist())) == 40  # one epoch covers every image once
     full = r0.from_step(0)
-    stream = [next(full)[0] for _ in range(12)]
+    stream = [next(full)["images"] for _ in range(12)]
     resumed = r0.from_step(7)  # crosses an epoch boundary (5 batches per epoch)
-    assert all(torch.equal(stream[7 + i], next(resumed)[0]) for i in range(5))
+    assert all(torch.equal(stream[7 + i], next(resumed)["images"]) for i in range(5))
 
 
 def test_too_small_dataset_is_a_clear_error():
     with pytest.raises(DataError, match="smaller than one batch"):
-        ShardedBatches(torch.zeros(5, 1, 1, 1, dtype=torch.uint8), None, 4, 0, 2, 0)
+        ShardedBatches({"images": torch.zeros(5, 1, 1, 1, dtype=torch.uint8)}, 4, 0, 2, 0)
+
+
+def test_independent_domain_is_drawn_on_its_own_and_resumes():
+    a = torch.arange(24, dtype=torch.uint8).reshape(24, 1, 1, 1)
+    b = torch.arange(100, 110, dtype=torch.uint8).reshape(10, 1, 1, 1)  # another length: no pairing possible
+    s = ShardedBatches({"images": a}, 2, 0, 1, seed=5, independent={"images_b": b})
+    stream = s.from_step(0)
+    batches = [next(stream) for _ in range(15)]  # 3 epochs of B (5 batches), 1.25 of A (12 batches)
+    for epoch in range(3):  # every B epoch is a permutation of B
+        rows = torch.cat([x["images_b"].flatten() for x in batches[epoch * 5:(epoch + 1) * 5]])
+        assert sorted(rows.tolist()) == list(range(100, 110))
+    resumed = s.from_step(9)
+    assert all(torch.equal(batches[9 + i]["images_b"], next(resumed)["images_b"]) for i in range(6))
+
+
+def test_training_arrays_leave_the_heldout_rows_out(tmp_path):
+    from gan_core.data import heldout_arrays, load_prepared, training_arrays, write_prepared
+
+    a = np.arange(10, dtype=np.uint8).repeat(4).reshape(10, 1, 2, 2)
+    b = 255 - a
+    write_prepared(tmp_path / "p", a, None, {"kind": "paired", "heldout": 3}, images_b=b)
+    ds = load_prepared(tmp_path / "p")
+    aligned, independent = training_arrays(ds)
+    assert independent == {} and np.array_equal(aligned["images"], a[:7]) and np.array_equal(aligned["images_b"], b[:7])
+    ha, hb = heldout_arrays(ds)
+    assert np.array_equal(ha, a[7:]) and np.array_equal(hb, b[7:])
+    write_prepared(tmp_path / "u", a, None, {"kind": "unpaired", "heldout": 3}, images_b=b)
+    ds = load_prepared(tmp_path / "u")
+    aligned, independent = training_arrays(ds)
+    assert set(aligned) == {"images"} and np.array_equal(independent["images_b"], b[:7])
+    assert heldout_arrays(ds)[1] is None  # held-out rows of unpaired data are ground truth only when declared

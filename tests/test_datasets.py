@@ -3,6 +3,7 @@ the catalog, idempotence, atomic failure, selection by name/version, and `dvc pu
 import io
 import json
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from flows.datasets import add, listing, restore, show
 from flows.params import load_config
 from flows.settings import load_settings
 from gan_core.config import ConfigError
+from gan_core.data import load_prepared
 from gan_core.ingest.policy import IngestPolicy
 from gan_core.ingest.report import IngestError
 from s3server import MotoServer
@@ -142,6 +144,10 @@ def test_training_selects_name_or_version_and_refuses_unknown_ones(tmp_path):
     out = add(s, "pairs", str(pairs), POLICY, kind="paired")
     entry = catalog.load(ws)["datasets"]["pairs"]["versions"][out["version"]]
     assert (entry["kind"], entry["domains"], entry["count"], entry["count_b"]) == ("paired", ["a", "b"], 4, 4)
+    ds = load_prepared(Path(out["path"]))  # rows shuffled as pairs; the last tenth (at least one) held out
+    assert ds.heldout == 1 and sorted(int(a.flat[0]) for a in ds.images) == [0, 20, 40, 60]
+    for a, b in zip(ds.images, ds.images_b):  # a/<2i> (grey 20i) still pairs with b/<2i> (grey 200 - i)
+        assert int(b.flat[0]) == 200 - int(a.flat[0]) // 20
     with pytest.raises(ConfigError, match="pairs@v1 is a paired dataset; dcgan trains on"):
         load_config(p, ["data.name=pairs", "data.resolution=8"], write=False)
 

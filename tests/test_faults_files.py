@@ -29,7 +29,7 @@ HALF = {**FULL, "steps": 4}
 
 
 def _batches(cfg):
-    return ShardedBatches(torch.from_numpy(blobs(64)[0]), None, cfg.train.per_worker_batch, 0, 1, cfg.train.seed)
+    return ShardedBatches({"images": torch.from_numpy(blobs(64)[0])}, cfg.train.per_worker_batch, 0, 1, cfg.train.seed)
 
 
 def _scaler(**kw):
@@ -265,8 +265,9 @@ def test_registered_pt2_generator_still_loads(tmp_path, monkeypatch):
     from gan_core.metrics.fid import draw
 
     uri, exp = _registry(tmp_path)
-    G = build_state(tiny_config()).G_ema.eval()
-    model = _register(exp, "good", G, **export_args(G))
+    cfg = tiny_config()
+    G = build_state(cfg).G_ema.eval()
+    model = _register(exp, "good", G, **export_args(cfg, G))
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")  # restored after the load
     loaded = _load_generator(types.SimpleNamespace(mlflow_uri=uri), model)
     assert os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "true"

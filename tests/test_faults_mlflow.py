@@ -84,7 +84,7 @@ def run_id(server):
 
 
 def batches(cfg):
-    return ShardedBatches(torch.from_numpy(blobs(64)[0]), None, cfg.train.per_worker_batch, 0, 1,
+    return ShardedBatches({"images": torch.from_numpy(blobs(64)[0])}, cfg.train.per_worker_batch, 0, 1,
                           cfg.train.seed).from_step(0)
 
 

@@ -107,7 +107,7 @@ def test_non_finite_generator_is_registered_refused_and_champion_kept(settings):
     assert str(c.get_registered_model(name).aliases["champion"]) == "1"  # the alias did not move
     tags = c.get_model_version(name, "2").tags
     assert tags["promotion.decision"] == "refused" and tags["eval.fid"] == "nan"
-    assert tags["promotion.reason"] == f"FID is not finite (nan: {ev['error']}); never promoted" == reg["reason"]
+    assert tags["promotion.reason"] == f"{ev['metric']} is not finite (nan: {ev['error']}); never promoted" == reg["reason"]
     assert tags["eval.error"] == ev["error"] and tags["mlflow.run_id"] == bad_train["mlflow_run_id"]
     saved = _strict_json(settings.reports_dir / "registration.json")
     assert saved["fid"] is None and saved["champion"] is False and saved["version"] == "2"

@@ -68,7 +68,7 @@ def learn(folder: Path, arch: str, minibatch: str, steps: int, seed: int) -> tup
     torch.manual_seed(seed)
     state = build_state(cfg, n_classes=data.num_classes)
     before, _ = ev.evaluate(state.G_ema, N, seed=1, batch_size=N)
-    batches = ShardedBatches(torch.from_numpy(data.images), torch.from_numpy(data.labels), 32, 0, 1, seed)
+    batches = ShardedBatches({"images": torch.from_numpy(data.images), "labels": torch.from_numpy(data.labels)}, 32, 0, 1, seed)
     train(state, batches.from_step(0), cfg)
     after, _ = ev.evaluate(state.G_ema, N, seed=1, batch_size=N)
     return before, after

@@ -19,7 +19,7 @@ def evaluator(prepared_blobs):
 def _run(cfg, callbacks):
     images, _ = blobs(64)
     state = build_state(cfg)
-    train(state, ShardedBatches(torch.from_numpy(images), None, 8, 0, 1, 0).from_step(0), cfg, callbacks)
+    train(state, ShardedBatches({"images": torch.from_numpy(images)}, 8, 0, 1, 0).from_step(0), cfg, callbacks)
     return state
 
 

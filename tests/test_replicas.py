@@ -28,7 +28,7 @@ def _worker(rank: int, port: int, averaged: bool, out) -> None:
         torch.manual_seed(1 + rank)  # distinct latent streams and batches
         images, labels = blobs(64)
         x = torch.from_numpy(images).float().div(127.5).sub(1.0)[rank::2]
-        batches = ((x[i % 4 * 8:(i % 4 + 1) * 8], None) for i in range(100))
+        batches = ({"images": x[i % 4 * 8:(i % 4 + 1) * 8]} for i in range(100))
         if not averaged:  # every backward skips DDP's all-reduce: each rank steps on its own gradients
             state.G.require_backward_grad_sync = state.D.require_backward_grad_sync = False  # = no_sync()
         train(state, batches, cfg)

@@ -12,7 +12,7 @@ from gan_core.train import Callback, DivergedError, build_state, ema_update, tra
 
 def _batch(n=8):
     images, labels = blobs(n)
-    return torch.from_numpy(images), torch.from_numpy(labels)
+    return {"images": torch.from_numpy(images), "labels": torch.from_numpy(labels)}
 
 
 @pytest.mark.parametrize("loss", ["nonsat", "hinge"])
@@ -60,7 +60,7 @@ def test_loop_reports_through_callbacks_and_stops_at_steps():
     cfg = tiny_config(train={"steps": 5, "log_every": 2, "checkpoint_every": 3})
     s = build_state(cfg)
     images, labels = blobs(64)
-    batches = ShardedBatches(torch.from_numpy(images), None, 8, 0, 1, 0)
+    batches = ShardedBatches({"images": torch.from_numpy(images)}, 8, 0, 1, 0)
     rec = Record()
     train(s, batches.from_step(0), cfg, [rec])
     assert s.step == 5 and s.images_seen == 40
@@ -87,5 +87,5 @@ def test_non_finite_loss_stops_training_as_diverged_at_that_step():
     s, cb = build_state(cfg), PoisonAt3()
     images, _ = blobs(64)
     with pytest.raises(DivergedError, match="diverged at step 4: non-finite"):
-        train(s, ShardedBatches(torch.from_numpy(images), None, 8, 0, 1, 0).from_step(0), cfg, [cb])
+        train(s, ShardedBatches({"images": torch.from_numpy(images)}, 8, 0, 1, 0).from_step(0), cfg, [cb])
     assert s.step == 4 and cb.ckpts == [1, 2, 3]  # nothing after the poisoning

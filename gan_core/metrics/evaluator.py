@@ -120,6 +120,13 @@ class Evaluator:
     ref: ReferenceStats
     resolution: int  # of the reference images
 
+    @property
+    def columns(self) -> int:
+        return 0  # sample grids: square
+
+    def count(self, n: int) -> int:
+        """How many samples an evaluation of n scores (all n: latents are unlimited)."""
+        return n
     def fingerprint(self, n_fake: int) -> Fingerprint:
         return Fingerprint(backbone=self.backbone.id, weights_sha256=self.backbone.weights_sha256,
                            resize=self.backbone.resize, image_range="[-1,1]", n_real=self.ref.stats.n,
@@ -145,6 +152,10 @@ class Evaluator:
         s = draw(G, n_fake, seed, batch_size, device)
         return self.score_images(s.images, batch_size, seed, s.labels, s.kind)
 
+    def samples(self, G: nn.Module, k: int, seed: int, batch_size: int = 256) -> torch.Tensor:
+        """k images from seeded latents (the sample grid); the same surface as HeldoutEvaluator's."""
+        return draw(G, k, seed, batch_size).images
+
 
 def load_evaluator(folder: Path, manifest: dict, backbone: str = DOMAIN) -> Evaluator:
     """The evaluator of a prepared dataset for one backbone; refuses stats of other data or weights."""
@@ -168,3 +179,14 @@ def folder_evaluator(real: torch.Tensor, backbone: Backbone, batch_size: int = 5
     digest = hashlib.sha256(real.numpy().tobytes()).hexdigest()
     ref = ReferenceStats(feature_stats(feats), feats.astype(np.float32), backbone.id, backbone.weights_sha256, digest)
     return Evaluator(backbone, ref, int(real.shape[-1]))
+
+
+def evaluator_for(family, options, folder: Path, manifest: dict, backbone: str = DOMAIN):
+    """What scores a family on a prepared dataset: the held-out evaluator of an image-conditioned
+    family (its inputs and targets), else the backbone's reference statistics for noise families."""
+    if family.image_input:
+        from gan_core.data import load_prepared
+        from gan_core.metrics.heldout import heldout_evaluator
+
+        return heldout_evaluator(family, options, load_prepared(folder))
+    return load_evaluator(folder, manifest, backbone)

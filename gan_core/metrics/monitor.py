@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from gan_core.images import make_grid
-from gan_core.metrics.fid import Fingerprint, generate
+from gan_core.metrics.fid import Fingerprint
 from gan_core.train import Callback, TrainState
 
 Sink = Callable[[int, dict, Fingerprint], None]  # step, metrics, fingerprint
@@ -42,7 +42,8 @@ class FIDMonitor(Callback):
         if self.pending is not None and not self.pending.done():
             self.skipped.append(state.step)
             return
-        snapshot = copy.deepcopy(state.G_ema).cpu().eval()  # the loop keeps updating G_ema
+        # the loop keeps updating G_ema; `infer` is what the family exports (G itself, or CycleGAN's translator)
+        snapshot = state.family.infer(copy.deepcopy(state.G_ema).cpu().eval())
         self.pending = self.pool.submit(self._score, snapshot, state.step)
 
     def _score(self, G, step: int) -> None:
@@ -50,7 +51,8 @@ class FIDMonitor(Callback):
             metrics, fingerprint = self.evaluator.evaluate(G, self.n, self.seed, self.batch_size)
             self.sink(step, metrics, fingerprint)
             if self.grid_sink is not None:  # fixed latents: the grids of one run show G evolving
-                self.grid_sink(step, make_grid(generate(G, GRID * GRID, self.seed, GRID * GRID), GRID))
+                images = self.evaluator.samples(G, GRID * GRID, self.seed)
+                self.grid_sink(step, make_grid(images, self.evaluator.columns or GRID))
             self.scored.append(step)
         except Exception as e:  # a failed cheap evaluation is reported, never a reason to stop training
             if self.on_error is None:

@@ -118,12 +118,12 @@ class Discriminator(nn.Module):
         return self.head(F.relu(h).sum(dim=(2, 3)), y)  # global sum pooling, as in BigGAN
 
 
-def build_generator(m: ModelConfig, d: DataConfig, n_classes: int = 0) -> Generator:
+def build_generator(m: ModelConfig, d: DataConfig, n_classes: int = 0, options=None) -> Generator:
     if m.attention and not 8 <= m.attention <= d.resolution:
         raise ConfigError("model.attention", f"must be 0 or in [8, data.resolution={d.resolution}], got {m.attention}")
     return Generator(LatentSpec(m.z_dim, n_classes), d.channels, d.resolution, m.g_channels, m.embed_dim,
                      m.attention)
 
 
-def build_discriminator(m: ModelConfig, d: DataConfig, n_classes: int = 0) -> Discriminator:
+def build_discriminator(m: ModelConfig, d: DataConfig, n_classes: int = 0, options=None) -> Discriminator:
     return Discriminator(d.channels, d.resolution, m.d_channels, n_classes, m.attention, m.minibatch)

@@ -97,15 +97,15 @@ class Discriminator(nn.Module):
         return self.head(self.body(x), y)
 
 
-def build_generator(m: ModelConfig, d: DataConfig, n_classes: int = 0) -> Generator:
+def build_generator(m: ModelConfig, d: DataConfig, n_classes: int = 0, options=None) -> Generator:
     return Generator(LatentSpec(m.z_dim, n_classes), d.channels, d.resolution, m.g_channels, m.embed_dim)
 
 
-def build_discriminator(m: ModelConfig, d: DataConfig, n_classes: int = 0) -> Discriminator:
+def build_discriminator(m: ModelConfig, d: DataConfig, n_classes: int = 0, options=None) -> Discriminator:
     return Discriminator(d.channels, d.resolution, m.d_channels, minibatch=m.minibatch, n_classes=n_classes)
 
 
-def build_conditional_discriminator(m: ModelConfig, d: DataConfig, n_classes: int = 0) -> Discriminator:
+def build_conditional_discriminator(m: ModelConfig, d: DataConfig, n_classes: int = 0, options=None) -> Discriminator:
     """cgan's D: projection head, layer norm. With batch norm, G learned to draw one image per class
     (digits, 1500 steps: FID 11.7, recall 0.003); with layer norm FID 7.9, recall 0.05, the same
     class accuracy (1.0). Batch statistics of an all-fake batch are a shortcut D can use."""
@@ -113,17 +113,17 @@ def build_conditional_discriminator(m: ModelConfig, d: DataConfig, n_classes: in
                          n_classes=n_classes)
 
 
-def build_critic(m: ModelConfig, d: DataConfig, n_classes: int = 0) -> Discriminator:
+def build_critic(m: ModelConfig, d: DataConfig, n_classes: int = 0, options=None) -> Discriminator:
     """WGAN-GP's critic: layer norm instead of batch norm, logits unbounded (no sigmoid anywhere)."""
     return Discriminator(d.channels, d.resolution, m.d_channels, norm="layer", minibatch=m.minibatch,
                          n_classes=n_classes)
 
 
-def build_info_generator(m: ModelConfig, d: DataConfig, n_classes: int = 0) -> Generator:
+def build_info_generator(m: ModelConfig, d: DataConfig, n_classes: int = 0, options=None) -> Generator:
     return Generator(LatentSpec(m.z_dim, 0, m.code_cat, m.code_cont), d.channels, d.resolution, m.g_channels)
 
 
-def build_info_discriminator(m: ModelConfig, d: DataConfig, n_classes: int = 0) -> Discriminator:
+def build_info_discriminator(m: ModelConfig, d: DataConfig, n_classes: int = 0, options=None) -> Discriminator:
     """D with InfoGAN's Q head on the same conv body (Chen et al. 2016: Q shares all of D's layers
     but the last), predicting the categorical code's logits and the continuous codes' means."""
     return Discriminator(d.channels, d.resolution, m.d_channels, minibatch=m.minibatch,

@@ -51,9 +51,9 @@ class Discriminator(nn.Module):
         return self.head(self.body(x))
 
 
-def build_generator(m: ModelConfig, d: DataConfig, n_classes: int = 0) -> Generator:
+def build_generator(m: ModelConfig, d: DataConfig, n_classes: int = 0, options=None) -> Generator:
     return Generator(LatentSpec(m.z_dim), d.channels, d.resolution, m.g_channels)
 
 
-def build_discriminator(m: ModelConfig, d: DataConfig, n_classes: int = 0) -> Discriminator:
+def build_discriminator(m: ModelConfig, d: DataConfig, n_classes: int = 0, options=None) -> Discriminator:
     return Discriminator(d.channels, d.resolution, m.d_channels, m.minibatch)
