@@ -43,6 +43,17 @@ def wasserstein_g(fake: Tensor) -> Tensor:
     return -fake.mean()
 
 
+# Least squares (Mao et al. 2017, a-b-c = 0-1-1; CycleGAN's adversarial loss): D = E[(real - 1)^2] +
+# E[fake^2], G = E[(fake - 1)^2]. Gradients grow with the distance from the target instead of
+# vanishing for fakes D already rejects. The paper's 1/2 factors are left to callers (CycleGAN halves D).
+def lsgan_d(real: Tensor, fake: Tensor) -> Tensor:
+    return (real - 1.0).pow(2).mean() + fake.pow(2).mean()
+
+
+def lsgan_g(fake: Tensor) -> Tensor:
+    return (fake - 1.0).pow(2).mean()
+
+
 @dataclass(frozen=True)
 class LossPair:
     name: str
@@ -54,6 +65,7 @@ LOSSES: dict[str, LossPair] = {
     "nonsat": LossPair("nonsat", nonsat_d, nonsat_g),
     "hinge": LossPair("hinge", hinge_d, hinge_g),
     "wasserstein": LossPair("wasserstein", wasserstein_d, wasserstein_g),
+    "lsgan": LossPair("lsgan", lsgan_d, lsgan_g),
 }
 
 

@@ -13,7 +13,7 @@ from gan_core.models import ARCHS, get_family
 from gan_core.steps import split_d
 from gan_core.train import batch_position, build_state, train
 
-FAMILIES = sorted(ARCHS)
+FAMILIES = sorted(n for n, f in ARCHS.items() if not f.image_input)  # noise -> image; others: test_<family>.py
 CLASSES = 4  # the blobs fixture's classes
 
 
@@ -25,7 +25,7 @@ def fam_config(arch, minibatch="none", **train_cfg):
 
 def batches_for(cfg, n=8):
     images, labels = blobs(n * cfg.train.n_critic)
-    return [(torch.from_numpy(images[i * n:(i + 1) * n]), torch.from_numpy(labels[i * n:(i + 1) * n]))
+    return [{"images": torch.from_numpy(images[i * n:(i + 1) * n]), "labels": torch.from_numpy(labels[i * n:(i + 1) * n])}
             for i in range(cfg.train.n_critic)]
 
 
@@ -68,7 +68,7 @@ def test_checkpoint_round_trip(arch, tmp_path):
     torch.manual_seed(0)
     s = build_state(cfg, n_classes=CLASSES)
     images, labels = blobs(64)
-    b = ShardedBatches(torch.from_numpy(images), torch.from_numpy(labels), 8, 0, 1, 0)
+    b = ShardedBatches({"images": torch.from_numpy(images), "labels": torch.from_numpy(labels)}, 8, 0, 1, 0)
     train(s, b.from_step(0), cfg)
     save_checkpoint(tmp_path / "c.pt", to_checkpoint(s, cfg, [rng_state()]))
     cfg2, s2 = rebuild(load_checkpoint(tmp_path / "c.pt"))
@@ -85,7 +85,7 @@ def test_a_critic_family_reads_n_critic_batches_per_step():
     assert cfg.train.n_critic == 5 and batch_position(3, cfg.train) == 15
     s = build_state(cfg)
     images, labels = blobs(256)
-    train(s, ShardedBatches(torch.from_numpy(images), None, 8, 0, 1, 0).from_step(0), cfg)
+    train(s, ShardedBatches({"images": torch.from_numpy(images)}, 8, 0, 1, 0).from_step(0), cfg)
     assert s.step == 3 and s.images_seen == 3 * 5 * 8
 
 
@@ -120,7 +120,11 @@ def test_conditional_family_needs_labels():
 
 
 def test_registry_declares_what_the_pipeline_needs():
-    assert set(ARCHS) == {"vanilla", "dcgan", "cgan", "wgan", "wgan_gp", "infogan", "biggan"}
+    assert {"vanilla", "dcgan", "cgan", "wgan", "wgan_gp", "infogan", "biggan", "pix2pix"} <= set(ARCHS)
+    for fam in ARCHS.values():  # the gate metric is one the family's evaluation reports
+        assert fam.gate.metric in fam.metrics, fam.name
+        assert fam.image_input == (fam.dataset_kind in ("paired", "unpaired", "superres"))
+    assert get_family("pix2pix").gate.higher_is_better and not get_family("dcgan").gate.higher_is_better
     assert get_family("cgan").conditional and get_family("biggan").conditional
     assert not any(get_family(a).conditional for a in ("vanilla", "dcgan", "wgan", "wgan_gp", "infogan"))
     assert "class_acc" in get_family("cgan").metrics and "code_nmi" in get_family("infogan").metrics
@@ -150,7 +154,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(arch, tmp_path):
         torch.manual_seed(1)
         s = state or build_state(cfg, n_classes=CLASSES)
         images, labels = blobs(64)
-        b = ShardedBatches(torch.from_numpy(images), torch.from_numpy(labels), 8, 0, 1, 0)
+        b = ShardedBatches({"images": torch.from_numpy(images), "labels": torch.from_numpy(labels)}, 8, 0, 1, 0)
         return train(s, b.from_step(batch_position(s.step, cfg.train)), cfg), cfg
 
     straight, cfg = run(4)
@@ -162,7 +166,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(arch, tmp_path):
     resumed = restore(build_state(cfg, n_classes=CLASSES), load_checkpoint(tmp_path / "c.pt"), rank=0)
     cfg4 = fam_config(arch, steps=4, log_every=2, checkpoint_every=2)
     images, labels = blobs(64)
-    b = ShardedBatches(torch.from_numpy(images), torch.from_numpy(labels), 8, 0, 1, 0)
+    b = ShardedBatches({"images": torch.from_numpy(images), "labels": torch.from_numpy(labels)}, 8, 0, 1, 0)
     train(resumed, b.from_step(batch_position(2, cfg4.train)), cfg4)
     for a, b_ in [(straight.G_ema, resumed.G_ema), (straight.D, resumed.D)]:
         sd = b_.state_dict()

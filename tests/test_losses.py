@@ -70,3 +70,17 @@ def test_info_loss_rewards_reading_the_code_back():
     cont = torch.tensor([[0.5], [-0.5], [0.0]])
     assert info_loss(right, cont, cat, cont) < 0.01 < info_loss(wrong, cont, cat, cont)
     assert math.isclose(info_loss(right, cont + 1, cat, None).item(), info_loss(right, cont, cat, None).item())
+
+
+def test_lsgan_closed_forms():
+    from gan_core.losses import LOSSES, lsgan_d, lsgan_g
+
+    assert lsgan_d(torch.ones(3), torch.zeros(3)).item() == 0.0  # D hits both targets exactly
+    assert lsgan_d(torch.zeros(2), torch.ones(2)).item() == 2.0  # both targets missed by 1
+    # real (3 - 1)^2 = 4 and (-1 - 1)^2 = 4 -> 4; fake 0.5^2 = 0.25 and (-0.5)^2 -> 0.25
+    assert math.isclose(lsgan_d(torch.tensor([3.0, -1.0]), torch.tensor([0.5, -0.5])).item(), 4.25)
+    assert math.isclose(lsgan_g(torch.tensor([1.0, -1.0])).item(), 2.0)  # (0 + 4) / 2
+    fake = torch.full((4,), 3.0, requires_grad=True)
+    lsgan_g(fake).backward()  # d/dx mean((x - 1)^2) = 2 (x - 1) / n: non-vanishing for a confident D
+    assert torch.allclose(fake.grad, torch.full((4,), 1.0))
+    assert LOSSES["lsgan"].d is lsgan_d and LOSSES["lsgan"].g is lsgan_g
