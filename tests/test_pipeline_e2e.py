@@ -27,7 +27,7 @@ def test_run_twice_registers_gates_and_versions(tmp_path):
     first = ganpipe(ws, "run")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     out = first.stdout
-    assert "FID (fid_300, domain-classifier):" in out and f"{MODEL} v1" in out
+    assert "fid_300 (domain-classifier, lower is better):" in out and f"{MODEL} v1" in out
     assert "champion:       yes: first valid model" in out and "prepare:        ran" in out
 
     reg = json.loads((ws / "reports" / "registration.json").read_text())
