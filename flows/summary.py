@@ -36,7 +36,8 @@ def run_summary(cfg: dict, training: dict, evaluation: dict, registration: dict,
 |---|---|
 {rows}
 
-Evaluator fingerprint `{fp['id']}` ({fp.get('backbone', '?')}, n_fake={fp.get('n_fake', '?')}).
+Gate: `{evaluation['metric']}`, {'higher' if evaluation.get('higher_is_better') else 'lower'} is better. Evaluator
+fingerprint `{fp['id']}` ({fp.get('backbone', '?')}, n_fake={fp.get('n_fake', '?')}).
 
 | | |
 |---|---|

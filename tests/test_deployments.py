@@ -64,12 +64,15 @@ def test_markdown_summary_links_to_the_mlflow_server():
     cfg = {"data": {"name": "digits"}, "model": {"arch": "dcgan", "loss": "nonsat"}, "train": {"num_workers": 2}}
     training = {"meta": {"dataset_sha256": "d" * 64, "params_sha256": "p" * 64, "git_commit": "c0ffee"},
                 "step": 40, "images_seen": 1280, "run_name": "r1"}
-    evaluation = {"metrics": {"fid_300": 12.5, "kid_300": 0.25}, "fingerprint": {"id": "fp1", "backbone": "b",
-                                                                                   "n_fake": 300}}
+    evaluation = {"metric": "fid_300", "higher_is_better": False, "metrics": {"fid_300": 12.5, "kid_300": 0.25},
+                  "fingerprint": {"id": "fp1", "backbone": "b", "n_fake": 300}}
     reg = {"model_name": "ganpipe-digits-dcgan", "version": "7", "champion": True, "reason": "first valid model"}
     md = run_summary(cfg, training, evaluation, reg, links)
     assert "v7: **promoted to champion**" in md and "first valid model" in md
     assert "| fid_300 | 12.5000 |" in md and "`fp1`" in md and links["model"] in md and links["run"] in md
+    assert "Gate: `fid_300`, lower is better" in md
+    md = run_summary(cfg, training, {**evaluation, "metric": "psnr_200", "higher_is_better": True}, reg, links)
+    assert "Gate: `psnr_200`, higher is better" in md
     assert "unchanged" in skip_summary("m", "unchanged since v1")
 
 
