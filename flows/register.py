@@ -235,6 +235,7 @@ def _register_once(settings: Settings, cfg: PipelineConfig, lineage: dict) -> di
             info = mlflow.pytorch.log_model(G, name="generator", **export_args(cfg, G))
             mlflow.log_artifact(str(settings.candidate_dir / "checkpoint.pt"), "checkpoint")
         tags = lineage_tags(settings, cfg, training, evaluation, lineage)
+        tags.update({f"family.{k}": str(state.extra[k]) for k in state.family.lineage if k in state.extra})
         version = str(mlflow.register_model(info.model_uri, name, tags=tags).version)
         recorded = None
     else:

@@ -200,7 +200,9 @@ class PipelineConfig:
         defaults = _family_defaults(arch)
         sections = {name: _section_from_dict(name, sec, d.get(name) or {}, defaults.get(name, {}))
                     for name, sec in SECTIONS.items()}
-        return cls(**sections, family=_family_options(d.get(FAMILY) or {}, arch))
+        cfg = cls(**sections, family=_family_options(d.get(FAMILY) or {}, arch))
+        _family_check(cfg)
+        return cfg
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         out = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
@@ -237,6 +239,14 @@ def _family_options(values: Any, arch: Any):
     if arch in options:
         return chosen.get(arch) or _options(arch, options[arch], {})
     return None
+
+
+def _family_check(cfg: "PipelineConfig") -> None:
+    from gan_core.models import ARCHS
+
+    family = ARCHS.get(cfg.model.arch)
+    if family is not None and family.check is not None:
+        family.check(cfg)
 
 
 def _options(name: str, cls: type, values: dict):

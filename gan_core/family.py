@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from gan_core.config import DataConfig, ModelConfig, TrainConfig
+    from gan_core.config import DataConfig, ModelConfig, PipelineConfig, TrainConfig
     from gan_core.train import TrainState
 
 DATASET_KINDS = ("unconditional", "labelled", "paired", "unpaired", "superres")
@@ -69,6 +69,12 @@ class Family:
     heldout: Heldout | None = None
     score: Score | None = None
     directions: tuple[str, ...] = ()  # names of the translation directions (a2b, b2a), if several
+    # keys of the checkpoint's `extra` a registered version is tagged with (`family.<key>`): what the
+    # family resolved while training that a reader of the model needs (SRGAN's content-loss backbone)
+    lineage: tuple[str, ...] = ()
+    # settings that only hold together with the rest of the config (SRGAN's warm-up < train.steps);
+    # raises ConfigError naming the field
+    check: Callable[["PipelineConfig"], None] | None = None
 
     def __post_init__(self):
         if self.dataset_kind not in DATASET_KINDS:

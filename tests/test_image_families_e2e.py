@@ -15,7 +15,10 @@ pytestmark = pytest.mark.slow
 CASES = {  # arch: (built-in dataset, data section, family settings, translate options)
     "pix2pix": ("edges2digits", {"resolution": 16, "channels": 1}, {}, []),
     "cyclegan": ("digits-inverted", {"resolution": 16, "channels": 1}, {"identity": 0.0}, ["--direction", "b2a"]),
+    # x4 from 8 px LR; 40 steps: the MSE warm-up (two thirds), then the GAN phase with the content backbone
+    "srgan": ("photo-patches", {"resolution": 32, "channels": 3}, {"blocks": 2}, []),
 }
+SCALE = {"srgan": 4}  # output side / input side
 
 
 def _mlflow(ws):
@@ -26,6 +29,7 @@ def _mlflow(ws):
 
 @pytest.mark.parametrize("arch", sorted(CASES))
 def test_run_gates_on_the_family_metric_and_translates_other_sizes(arch, tmp_path):
+    from gan_core.checkpoint import load_checkpoint
     from gan_core.models import get_family
 
     dataset, data, options, translate_opts = CASES[arch]
@@ -50,12 +54,17 @@ def test_run_gates_on_the_family_metric_and_translates_other_sizes(arch, tmp_pat
     assert tags["ray.run_name"] == train["run_name"]
     assert len(c.get_run(train["mlflow_run_id"]).data.tags["ray.node_ids"].split(",")) == 2  # DDP, two workers
 
-    side = 2 * manifest["shape"][-1]  # twice the training size: the exported program is fully convolutional
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (side, side), dtype=np.uint8)).save(tmp_path / "in.png")
+    for k in family.lineage:  # what the family resolved while training (SRGAN: its content-loss backbone)
+        assert tags[f"family.{k}"] == str(load_checkpoint(ws / "models" / "candidate" / "checkpoint.pt")["extra"][k])
+
+    # twice the training input: the exported program is fully convolutional
+    side, scale = 2 * manifest["shape"][-1] // SCALE.get(arch, 1), SCALE.get(arch, 1)
+    shape = (side, side, 3) if data["channels"] == 3 else (side, side)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)).save(tmp_path / "in.png")
     out = ganpipe(ws, "translate", f"models:/{name}@champion", str(tmp_path / "in.png"), str(tmp_path / "out.png"),
                   *translate_opts, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert Image.open(tmp_path / "out.png").size == (side, side)
+    assert Image.open(tmp_path / "out.png").size == (side * scale, side * scale)
     s = ganpipe(ws, "sample", f"models:/{name}@champion", "--n", "4", "--out", str(tmp_path / "grid.png"), timeout=300)
     assert s.returncode == 0 and json.loads(Image.open(tmp_path / "grid.png").text["ganpipe"])["model"].endswith("@champion")
 
