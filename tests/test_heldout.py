@@ -66,3 +66,21 @@ def test_a_dataset_without_heldout_rows_is_refused_by_name(tmp_path):
     fam = get_family("pix2pix")
     with pytest.raises(ValueError, match="mine: manifest.json holds no held-out rows"):
         heldout_evaluator(fam, fam.options(), load_prepared(tmp_path / "p"))
+
+
+def test_fid_against_the_target_domain_rewards_a_translation_and_not_the_inputs(tmp_path):
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 100, (60, 1, 8, 8), dtype=np.uint8)  # dark inputs
+    b = (255 - a).astype(np.uint8)  # bright targets: -x in [-1, 1]
+    write_prepared(tmp_path / "p", a, None, {"kind": "paired", "heldout": 20}, images_b=b)
+    fam = get_family("pix2pix")
+    ev = heldout_evaluator(fam, fam.options(), load_prepared(tmp_path / "p"))
+
+    class Negate(torch.nn.Module):  # the exact translation of this data
+        def forward(self, x):
+            return -x
+
+    same, _ = ev.evaluate(torch.nn.Identity(), 20, 0, 8)
+    assert same["fid_20"] == pytest.approx(same["fid_input_20"])  # changing nothing scores the inputs' FID
+    good, _ = ev.evaluate(Negate(), 20, 0, 8)
+    assert good["fid_20"] < 0.2 * good["fid_input_20"] and good["fid_input_20"] == pytest.approx(same["fid_input_20"])
