@@ -246,12 +246,21 @@ def learn(seed: int, steps: int = 600, batch: int = 16, **opts) -> tuple[dict, d
     state = make_state(res=16, width=16, seed=seed, **{**LEARN_OPTIONS, **opts})
     inputs, targets = heldout(to_float(held_a.clone()), to_float(held_b.clone()), state.options)
 
+    from gan_core.metrics.frechet import feature_stats, fid_from_stats
+    from gan_core.metrics.heldout import target_features
+
+    domain_b = feature_stats(target_features(to_float(b.clone())))  # the evaluator's FID reference: training B
+
+    def fid(images) -> float:
+        return fid_from_stats(feature_stats(target_features(images)), domain_b)
+
     def scores() -> dict:
         translator = infer(state.G_ema).eval()
         out = score(translator, inputs, targets, state.options)
         with torch.no_grad():
             fake_b = translator(inputs, torch.zeros(len(inputs), dtype=torch.long))
-        return {**out, "l1_a2b_other": (fake_b - targets.roll(1, 0)).abs().mean().item()}
+        return {**out, "l1_a2b_other": (fake_b - targets.roll(1, 0)).abs().mean().item(),
+                "fid": fid(fake_b), "fid_input": fid(inputs)}
 
     before = scores()
     g = torch.Generator().manual_seed(seed)
@@ -273,6 +282,13 @@ def test_learns_to_translate_unpaired_digits():
     assert after["l1_a2b"] < 0.6 * before["l1_a2b"]  # nearer the ground truth than at initialisation,
     assert after["l1_a2b"] < 0.5 * after["l1_identity"]  # far nearer than not translating,
     assert after["l1_a2b"] < 0.95 * after["l1_a2b_other"]  # and each translation is of *its* input (1.0 at init)
+    assert after["fid"] < LEARN_FID * after["fid_input"]  # and, as a set, look like domain B
+
+
+# FID (random-conv features, against training B) of the held-out A->B translations over that of the
+# untranslated inputs, measured with `python tests/test_cyclegan.py --seeds 3` after 600 steps:
+# 0.097, 0.302, 0.295 against 13.31 (ratios 0.007-0.023; 49-57 at initialisation). 0.1 leaves 4x room.
+LEARN_FID = 0.1
 
 
 if __name__ == "__main__":

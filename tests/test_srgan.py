@@ -310,6 +310,17 @@ def learn(seed: int, steps: int, warmup: int, res=16, scale=2, batch=32, width=3
     state = make_state(res=res, channels=1, width=width, seed=seed, options=opts, lr=lr)
     g = torch.Generator().manual_seed(seed)
     inputs, targets = heldout(test.float() / 127.5 - 1, None, opts)
+    from gan_core.metrics.frechet import feature_stats, fid_from_stats
+    from gan_core.metrics.heldout import target_features
+
+    hr = feature_stats(target_features(train.float() / 127.5 - 1))  # the evaluator's FID reference
+
+    def evaluate() -> dict:
+        with torch.no_grad():
+            sr = state.G_ema.eval()(inputs).clamp(-1, 1)
+        fid = lambda x: fid_from_stats(feature_stats(target_features(x)), hr)  # noqa: E731
+        return {**score(state.G_ema, inputs, targets, opts), "fid": fid(sr), "fid_bicubic": fid(upsample(inputs, scale))}
+
     scores, elapsed = [], 0.0
     for _ in range(steps):
         t0 = time.perf_counter()
@@ -318,27 +329,31 @@ def learn(seed: int, steps: int, warmup: int, res=16, scale=2, batch=32, width=3
         ema_update(state.G_ema, state.G, t.ema_decay if state.step > t.ema_start else 0.0)
         elapsed += time.perf_counter() - t0
         if state.step == warmup:
-            scores.append(score(state.G_ema, inputs, targets, opts))
+            scores.append(evaluate())
     if steps != warmup:
-        scores.append(score(state.G_ema, inputs, targets, opts))
+        scores.append(evaluate())
     return scores, elapsed / steps
 
 
 @pytest.mark.slow
 def test_srresnet_beats_bicubic_on_held_out_photo_patches():
     torch.set_num_threads(1)
-    (after_mse,), _ = learn(seed=0, steps=LEARN_STEPS, warmup=LEARN_STEPS)
+    (after_mse, after_gan), _ = learn(seed=0, steps=LEARN_STEPS + GAN_STEPS, warmup=LEARN_STEPS)
     assert after_mse["psnr"] - after_mse["psnr_bicubic"] > LEARN_MARGIN_DB, after_mse
     assert after_mse["ssim"] > after_mse["ssim_bicubic"], after_mse
+    assert after_gan["psnr"] > after_mse["psnr"] - GAN_PSNR_MARGIN_DB, (after_mse, after_gan)  # the GAN phase
 
 
 # Measured with `python tests/test_srgan.py 0 1 2` (1 thread, 26-29 ms/step, ~75 s a seed): after 2500
 # MSE steps PSNR beats bicubic (28.34 dB) by +0.44, +0.63, +0.44 dB and SSIM (0.8285) by +0.023,
 # +0.019, +0.028; 300 GAN steps then change PSNR by -0.16, -0.18, +0.01 dB. The threshold leaves
-# 0.24 dB of room below the smallest margin.
+# 0.24 dB of room below the smallest margin. FID of the SR patches against the HR training patches
+# (random-conv features) over those 300 GAN steps: 0.223 -> 0.227, 0.228 -> 0.203, 0.195 -> 0.234: no
+# consistent gain at this length and with these features, so no FID assertion.
 LEARN_STEPS = 2500
 LEARN_MARGIN_DB = 0.2
 GAN_STEPS = 300
+GAN_PSNR_MARGIN_DB = 0.5  # the GAN phase may trade this much PSNR (measured -0.16, -0.18, +0.01 dB)
 
 
 if __name__ == "__main__":  # the margins behind LEARN_MARGIN, and what the GAN phase then does to PSNR
@@ -348,7 +363,8 @@ if __name__ == "__main__":  # the margins behind LEARN_MARGIN, and what the GAN 
         print(f"seed {s}: {per_step * 1e3:.0f} ms/step | after MSE: psnr {mse['psnr']:.2f} vs bicubic "
               f"{mse['psnr_bicubic']:.2f} ({mse['psnr'] - mse['psnr_bicubic']:+.2f} dB), ssim {mse['ssim']:.4f} vs "
               f"{mse['ssim_bicubic']:.4f} | after {GAN_STEPS} GAN steps: psnr {gan['psnr']:.2f} "
-              f"({gan['psnr'] - mse['psnr']:+.2f} dB), ssim {gan['ssim']:.4f}", flush=True)
+              f"({gan['psnr'] - mse['psnr']:+.2f} dB), ssim {gan['ssim']:.4f} | fid {mse['fid']:.3f} -> "
+              f"{gan['fid']:.3f} (bicubic {mse['fid_bicubic']:.3f})", flush=True)
 
 
 def test_warmup_defaults_to_two_thirds_and_a_set_one_must_end_inside_the_run():
