@@ -17,6 +17,7 @@ from torch import nn
 
 from gan_core.config import canonical_json
 from gan_core.files import write_json_atomic
+from gan_core.inference import set_mode
 from gan_core.latent import LatentSpec
 from gan_core.metrics.frechet import FeatureStats, MetricError
 
@@ -94,13 +95,6 @@ def load_reference(folder: Path, dataset_sha256: str) -> ReferenceStats:
     return ref
 
 
-def _set_mode(G: nn.Module, training: bool) -> None:
-    try:
-        G.train(training)
-    except NotImplementedError:  # a torch.export program is frozen in the mode it was exported in (eval)
-        pass
-
-
 def latent_of(G: nn.Module) -> LatentSpec:
     spec = getattr(G, "latent", None)
     if not isinstance(spec, LatentSpec):
@@ -124,7 +118,7 @@ def draw(G: nn.Module, n: int, seed: int, batch_size: int, device: torch.device 
     if labels is None and spec.controls:
         labels = torch.arange(n) % spec.controls
     was_training = G.training
-    _set_mode(G, False)
+    set_mode(G, False)
     g = torch.Generator().manual_seed(seed)
     out = []
     try:
@@ -133,7 +127,7 @@ def draw(G: nn.Module, n: int, seed: int, batch_size: int, device: torch.device 
             lat = spec.sample(min(batch_size, n - i), generator=g, labels=part, device=device)
             out.append(G(*lat.inputs).float().cpu())
     finally:
-        _set_mode(G, was_training)
+        set_mode(G, was_training)
     images = torch.cat(out)
     if not torch.isfinite(images).all():
         raise MetricError("generated images contain NaN/Inf")

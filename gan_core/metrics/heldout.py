@@ -28,6 +28,7 @@ from gan_core.config import canonical_json
 from gan_core.data import PreparedDataset, heldout_arrays, to_float
 from gan_core.family import Family
 from gan_core.metrics.fid import Fingerprint, metric_name
+from gan_core.inference import run_batched, set_mode
 from gan_core.metrics.features import state_sha256
 from gan_core.metrics.frechet import FeatureStats, MetricError, feature_stats, fid_from_stats
 from gan_core.resample import upsample
@@ -35,15 +36,9 @@ from gan_core.resample import upsample
 
 def translate(family: Family, module: nn.Module, inputs: torch.Tensor, direction: int = 0,
               batch_size: int = 256) -> torch.Tensor:
-    """The inference module's outputs for `inputs`, in batches; families with several directions
-    (CycleGAN) take the direction (0 = the first, a2b) as a second input."""
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(inputs), batch_size):
-            x = inputs[i:i + batch_size]
-            args = (x, torch.full((len(x),), direction, dtype=torch.long)) if family.directions else (x,)
-            out.append(module(*args).float())
-    return torch.cat(out) if out else inputs.new_zeros((0,))
+    """The inference module's outputs for `inputs`; families with several directions (CycleGAN)
+    take the direction (0 = the first, a2b) as a second input."""
+    return run_batched(module, inputs, direction if family.directions else None, batch_size)
 
 
 @dataclass(frozen=True)
@@ -71,13 +66,13 @@ class HeldoutEvaluator:
         n = min(n, len(self.inputs))
         x, y = self.inputs[:n], None if self.targets is None else self.targets[:n]
         was_training = getattr(module, "training", False)
-        _set_mode(module, False)
+        set_mode(module, False)
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 raw = self.family.score(module, x, y, self.options)
         finally:
-            _set_mode(module, was_training)
+            set_mode(module, was_training)
         if self.reference is not None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
@@ -104,7 +99,6 @@ class HeldoutEvaluator:
         x = self.inputs[:max(1, k // 3)]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            _set_mode(module, False)
             out = translate(self.family, module, x, batch_size=batch_size).clamp(-1, 1)
         size = tuple(out.shape[-2:])
         shown_in = torch.nn.functional.interpolate(x, size=size, mode="nearest") if x.shape[-2:] != size else x
@@ -114,13 +108,6 @@ class HeldoutEvaluator:
 
 def _as_channels(x: torch.Tensor, c: int) -> torch.Tensor:
     return x.expand(-1, c, -1, -1) if x.shape[1] == 1 and c == 3 else x
-
-
-def _set_mode(module: nn.Module, training: bool) -> None:
-    try:
-        module.train(training)
-    except NotImplementedError:  # a torch.export program is frozen in eval mode
-        pass
 
 
 FID_BACKBONE = "random-conv-s0"  # features.FALLBACK: seeded, label-free, nothing to download

@@ -23,6 +23,7 @@ from torch import nn
 
 from gan_core.config import ConfigError, DataConfig, ModelConfig
 from gan_core.data import to_float
+from gan_core.inference import run_batched
 from gan_core.metrics.frechet import MetricError
 from gan_core.metrics.pixel import l1
 from gan_core.models.dcgan import dcgan_init
@@ -285,11 +286,8 @@ def heldout(images_a: torch.Tensor, images_b: torch.Tensor | None, options: Opti
     return images_a, images_b
 
 
-@torch.no_grad()
 def _translate(translator: nn.Module, x: torch.Tensor, direction: int, batch: int = 256) -> torch.Tensor:
-    parts = [translator(c, torch.full((len(c),), direction, dtype=torch.long, device=c.device)).float()
-             for c in x.split(batch)]
-    return torch.cat(parts)
+    return run_batched(translator, x, direction, batch_size=batch)
 
 
 def score(translator: nn.Module, inputs: torch.Tensor, targets: torch.Tensor | None,

@@ -24,6 +24,7 @@ from torch import nn
 
 from gan_core.config import ConfigError, DataConfig, ModelConfig
 from gan_core.data import to_float
+from gan_core.inference import run_batched
 from gan_core.models.dcgan import dcgan_init
 from gan_core.steps import set_requires_grad, unwrap
 
@@ -213,22 +214,9 @@ def heldout(images_a: torch.Tensor, images_b: torch.Tensor | None, options=None)
     return images_a, images_b
 
 
-@torch.no_grad()
 def translate(G: nn.Module, inputs: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """G(inputs) in eval mode, in batches, on G's device; the result on inputs' device.
-
-    Eval mode, not the paper's test-time dropout and batch statistics: scores must be a function
-    of the weights alone (the gate compares two generators on them) and equal what the exported
-    program, which is frozen in eval mode, produces. G's mode is restored afterwards."""
-    was_training = G.training
-    G.eval()
-    try:
-        p = next(G.parameters(), None)  # a parameter-free module runs where the inputs are
-        device = p.device if p is not None else inputs.device
-        outs = [G(x.to(device)).to(inputs.device) for x in inputs.split(batch_size)]
-    finally:
-        G.train(was_training)
-    return torch.cat(outs)
+    """G(inputs) in eval mode (not the paper's test-time dropout: see gan_core.inference), in batches."""
+    return run_batched(G, inputs, batch_size=batch_size)
 
 
 def score(infer_module: nn.Module, inputs: torch.Tensor, targets: torch.Tensor | None,

@@ -27,6 +27,7 @@ from torch import nn
 
 from gan_core.config import ConfigError, DataConfig, ModelConfig
 from gan_core.data import to_float
+from gan_core.inference import run_batched
 from gan_core.metrics import features as feats
 from gan_core.resample import downsample, upsample
 from gan_core.steps import set_requires_grad, unwrap
@@ -272,26 +273,9 @@ def heldout(images_a: torch.Tensor, images_b: torch.Tensor | None, options=None)
     return downsample(images_a, _options(options).scale), images_a
 
 
-@torch.no_grad()
 def upscale(module: nn.Module, inputs: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """module(inputs) in eval mode, in batches, on the module's device; the result on inputs' device.
-    Eval mode: scores must be a function of the weights (BN's running statistics, not the batch's)
-    and equal the exported program's; the module's mode is restored afterwards."""
-    was_training = getattr(module, "training", False)
-    _set_mode(module, False)
-    try:
-        p = next(module.parameters(), None) if hasattr(module, "parameters") else None
-        device = p.device if p is not None else inputs.device
-        return torch.cat([module(x.to(device)).float().to(inputs.device) for x in inputs.split(batch_size)])
-    finally:
-        _set_mode(module, was_training)
-
-
-def _set_mode(module: nn.Module, training: bool) -> None:
-    try:
-        module.train(training)
-    except NotImplementedError:  # a torch.export program is frozen in eval mode
-        pass
+    """module(inputs) in eval mode (BN's running statistics, as the exported program), in batches."""
+    return run_batched(module, inputs, batch_size=batch_size)
 
 
 def score(infer_module: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, options=None) -> dict[str, float]:
