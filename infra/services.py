@@ -234,6 +234,14 @@ def up(cfg: ServicesConfig, echo: Callable[[str], None]) -> Path:
                 echo(f"{svc.name:<11} already running  {svc.endpoint}")
                 continue
             stop(pid_file)  # a stale or unhealthy instance
+            if svc.name == "ray-head":
+                # a head that is down took its cluster with it (no GCS fault tolerance): a worker node
+                # still running belongs to the dead cluster, and while its raylet names the old GCS
+                # address, `ray start --head` refuses it ("already running"; measured: the worker kept
+                # reconnecting 27 s after the head was SIGKILLed). It has nothing to shut down cleanly
+                # (2 s grace); it is started again next, joining the new head.
+                stop(_files(cfg, "ray-worker")[1], grace_s=2.0)
+                _forget_ray_cluster(cfg)
             start(svc.argv, svc.env, log, pid_file, cfg.root)
             started.append(svc)
             took = wait_healthy(svc.name, svc.health, pid_file, log, svc.timeout_s)
