@@ -94,3 +94,24 @@ def test_no_partial_file_is_left_when_a_save_fails(tmp_path, cfg):
     with pytest.raises(Exception):
         save_checkpoint(path, {"format": "x", "step": 0, "bad": lambda: 0})  # lambdas cannot be saved
     assert list(tmp_path.iterdir()) == []
+
+
+def test_each_rank_gets_back_its_own_family_state(tmp_path, cfg):
+    """Rank-local state (CycleGAN's pools of each rank's past fakes) is saved per rank and restored to
+    the rank it came from; older checkpoints without it give every rank the saved `extra`."""
+    s, _ = _trained(cfg, 2)
+    s.world = 2
+    ranks = [{"pool": torch.zeros(2)}, {"pool": torch.ones(2)}]
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, to_checkpoint(s, cfg, [rng_state(), rng_state()], extras=ranks))
+    ckpt = load_checkpoint(path)
+    for rank in (0, 1):
+        other = build_state(cfg)
+        other.world = 2
+        restore(other, ckpt, rank=rank)
+        assert torch.equal(other.extra["pool"], ranks[rank]["pool"])
+    old = {k: v for k, v in ckpt.items() if k != "extra_ranks"}
+    other = build_state(cfg)
+    other.world = 2
+    restore(other, {**old, "extra": {"pool": torch.full((2,), 7.0)}}, rank=1)
+    assert torch.equal(other.extra["pool"], torch.full((2,), 7.0))
