@@ -27,9 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from s3server import free_port
-from test_services_persistence import Stack
-from workspace import BIN, TINY, env_for, make_workspace
+from test_services_persistence import running_stack
+from workspace import BIN, TINY, make_workspace
 
 MODEL = "ganpipe-digits-dcgan"
 STEPS = 200  # checkpoints every 20: the head is killed after the first, long before the last
@@ -48,18 +47,9 @@ class Killed:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    ws = make_workspace(tmp_path_factory.mktemp("rayhead"), PARAMS)
-    ports = {f"GANPIPE_{n}_PORT": str(free_port()) for n in ("PREFECT", "MLFLOW", "S3", "RAY", "RAY_DASHBOARD",
-                                                              "RAY_CLIENT")}
-    st = Stack(ws, env_for(ws, **ports, GANPIPE_RAY_NODE_CPUS="1"), ws / ".ganpipe" / "services" / "s3-data")
-    st.killed = Killed()
-    try:
-        up = st.services("up")
-        assert up.returncode == 0, up.stdout + up.stderr
+    with running_stack(make_workspace(tmp_path_factory.mktemp("rayhead"), PARAMS)) as st:
+        st.killed = Killed()
         yield st
-    finally:
-        down = st.services("down")
-        assert down.returncode == 0, down.stderr
 
 
 def _status(stack) -> dict[str, str]:

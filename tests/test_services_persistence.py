@@ -6,6 +6,7 @@ The tests share one stack and run in order: a run killed after its first S3 chec
 killed run resumed (v1), the store SIGKILLed during a PUT, then every version pulled and loaded."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
@@ -73,9 +74,9 @@ class Stack:
                                                capture_output=True, text=True).stdout.strip()
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    ws = make_workspace(tmp_path_factory.mktemp("persist"))
+@contextlib.contextmanager
+def running_stack(ws: Path):
+    """`ganpipe services up` for the workspace on free ports, and `down` whatever happens."""
     ports = {f"GANPIPE_{n}_PORT": str(free_port()) for n in ("PREFECT", "MLFLOW", "S3", "RAY", "RAY_DASHBOARD",
                                                               "RAY_CLIENT")}
     st = Stack(ws, env_for(ws, **ports, GANPIPE_RAY_NODE_CPUS="1"), ws / ".ganpipe" / "services" / "s3-data")
@@ -86,6 +87,12 @@ def stack(tmp_path_factory):
     finally:
         down = st.services("down")
         assert down.returncode == 0, down.stderr
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    with running_stack(make_workspace(tmp_path_factory.mktemp("persist"))) as st:
+        yield st
 
 
 @pytest.mark.slow
