@@ -245,7 +245,12 @@ def _family_check(cfg: "PipelineConfig") -> None:
     from gan_core.models import ARCHS
 
     family = ARCHS.get(cfg.model.arch)
-    if family is not None and family.check is not None:
+    if family is None:
+        return
+    if not family.multi_critic and cfg.train.n_critic != 1:
+        raise ConfigError("train.n_critic",
+                          f"{family.name} updates D once per G update: set 1, got {cfg.train.n_critic}")
+    if family.check is not None:
         family.check(cfg)
 
 

@@ -75,6 +75,14 @@ class Family:
     # settings that only hold together with the rest of the config (SRGAN's warm-up < train.steps);
     # raises ConfigError naming the field
     check: Callable[["PipelineConfig"], None] | None = None
+    # how many batches each step reads (gan_core.growth.Growth for progressive growing); None: n_critic
+    schedule: Callable[["PipelineConfig"], Any] | None = None
+    # the step updates D once per batch of the step, so train.n_critic > 1 means n_critic D updates;
+    # False: the step reads one batch (or merges its batches into one) and n_critic must be 1
+    multi_critic: bool = True
+    # the networks use different layers at different steps (growing resolutions): DDP must expect
+    # parameters without gradients
+    dynamic_graph: bool = False
 
     def __post_init__(self):
         if self.dataset_kind not in DATASET_KINDS:

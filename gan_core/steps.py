@@ -1,31 +1,20 @@
-"""The train step every family uses: n_critic D updates, then one G update.
+"""The train step of the noise-to-image families, composed of phases (gan_core.phases):
+n_critic D updates, each on its own real batch, then one G update.
 
 What the families change is declared by their networks and config, not by copies of this step:
-labels flow to a conditional G and D, InfoGAN's Q head adds the mutual-information term, a
-Wasserstein critic gets weight clipping or a gradient penalty, BigGAN's G an orthogonal penalty.
+labels flow to a conditional G and D, InfoGAN's Q head adds the mutual-information term to both
+phases, a Wasserstein critic gets weight clipping (after each D update) or a gradient penalty
+(a D term), BigGAN's G an orthogonal penalty (a G term).
 """
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import torch
 
 from gan_core.data import to_float
 from gan_core.losses import gradient_penalty, info_loss, orthogonal_penalty
+from gan_core.phases import Ctx, Phase, Step, Term, set_requires_grad, unwrap
 
-if TYPE_CHECKING:
-    from gan_core.config import TrainConfig
-    from gan_core.train import TrainState
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain module inside a DistributedDataParallel wrapper (or the module itself)."""
-    return getattr(model, "module", model)
-
-
-def set_requires_grad(model: torch.nn.Module, flag: bool) -> None:
-    for p in model.parameters():
-        p.requires_grad_(flag)
+__all__ = ["adversarial_step", "images", "ortho_weights", "set_requires_grad", "split_d", "unwrap"]
 
 
 def split_d(out) -> tuple[torch.Tensor, tuple | None]:
@@ -38,62 +27,74 @@ def ortho_weights(G: torch.nn.Module) -> list[torch.Tensor]:
     return [p for n, p in G.named_parameters() if p.dim() >= 2 and "embed" not in n and "shared" not in n]
 
 
-def adversarial_step(state: "TrainState", batches: list, cfg: "TrainConfig") -> dict[str, torch.Tensor]:
-    """One G step after len(batches) == n_critic D steps, each on its own real batch.
+def images(ctx: Ctx, key: str = "images") -> torch.Tensor:
+    """The current batch's uint8 images as float in [-1, 1] on the training device (NHWC if asked)."""
+    x = to_float(ctx.batch[key].to(ctx.state.device, non_blocking=True))
+    return x.contiguous(memory_format=torch.channels_last) if ctx.state.channels_last else x
 
-    The fake batch of the last D step is kept (with its graph) for the G update, which is
-    correct because G has not changed since it was drawn, and saves a G forward. The G update
-    calls D's plain module with D frozen: D's gradients there would be thrown away, so neither
-    computing nor all-reducing them is worth it. Returns detached 0-d tensors; the loop syncs
-    them only when it logs.
-    """
-    G_plain, d_plain = unwrap(state.G), unwrap(state.D)
-    spec = G_plain.latent
-    out: dict[str, torch.Tensor] = {}
-    for i, batch in enumerate(batches):
-        real, labels = to_float(batch["images"].to(state.device, non_blocking=True)), batch.get("labels")  # [-1, 1]
-        if state.channels_last:
-            real = real.contiguous(memory_format=torch.channels_last)
-        y = labels.to(state.device) if spec.conditional else None  # fakes get the real batch's classes
-        lat = spec.sample(real.shape[0], labels=y, device=state.device)
-        keep = i == len(batches) - 1
-        with state.autocast():
-            with torch.set_grad_enabled(keep):
-                fake = state.G(*lat.inputs)
-            logit_real, _ = split_d(state.D(real, y))
-            logit_fake, q = split_d(state.D(fake.detach(), lat.y))
-            loss_d = state.loss.d(logit_real, logit_fake)
-            if cfg.gp_lambda:
-                eps = torch.rand(real.shape[0], 1, 1, 1, device=state.device)
-                gp = gradient_penalty(lambda x: split_d(d_plain(x, y))[0], real, fake.detach(), eps)
-                loss_d = loss_d + cfg.gp_lambda * gp
-                out["gp"] = gp.detach()
-            if q is not None:  # Q learns to read the codes back from G's images
-                loss_d = loss_d + cfg.info_lambda * info_loss(*q, lat.cat, lat.cont)
-        state.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        state.opt_d.step()
-        if cfg.clip:
-            with torch.no_grad():
-                for p in d_plain.parameters():
-                    p.clamp_(-cfg.clip, cfg.clip)
-    if state.loss.name == "wasserstein":  # the critic's estimate of the earth-mover distance
-        out["wasserstein"] = (logit_real.mean() - logit_fake.mean()).detach()
 
-    set_requires_grad(d_plain, False)
-    with state.autocast():
-        logit_g, q = split_d(d_plain(fake, lat.y))
-        loss_g = state.loss.g(logit_g)
-        if q is not None:
-            info = info_loss(*q, lat.cat, lat.cont)
-            loss_g = loss_g + cfg.info_lambda * info
-            out["info"] = info.detach()
-        if cfg.ortho_reg:
-            ortho = orthogonal_penalty(ortho_weights(G_plain))
-            loss_g = loss_g + cfg.ortho_reg * ortho
-            out["ortho"] = ortho.detach()
-    state.opt_g.zero_grad(set_to_none=True)
-    loss_g.backward()
-    state.opt_g.step()
-    set_requires_grad(d_plain, True)
-    return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), **out}
+# ---- D: real batch vs a fresh fake, per batch of the step ------------------------------------------
+def d_loss(ctx: Ctx) -> torch.Tensor:
+    """Draws the latents (fakes get the real batch's classes) and G's fake; keeps the fake's graph
+    only on the last batch, whose fake G's phase reuses."""
+    state = ctx.state
+    spec = unwrap(state.G).latent
+    real, labels = images(ctx), ctx.batch.get("labels")
+    y = labels.to(state.device) if spec.conditional else None
+    lat = spec.sample(real.shape[0], labels=y, device=state.device)
+    with torch.set_grad_enabled(ctx.last):
+        fake = state.G(*lat.inputs)
+    logit_real, _ = split_d(state.D(real, y))
+    logit_fake, q = split_d(state.D(fake.detach(), lat.y))
+    ctx.v.update(real=real, y=y, lat=lat, fake=fake, q=q, logit_real=logit_real, logit_fake=logit_fake)
+    return state.loss.d(logit_real, logit_fake)
+
+
+def gp_term(ctx: Ctx) -> torch.Tensor:
+    """WGAN-GP: D's gradient norm pulled to 1 on random interpolates of real and fake."""
+    v, d_plain = ctx.v, ctx.d_plain
+    eps = torch.rand(v["real"].shape[0], 1, 1, 1, device=ctx.state.device)
+    return gradient_penalty(lambda x: split_d(d_plain(x, v["y"]))[0], v["real"], v["fake"].detach(), eps)
+
+
+def info_term(ctx: Ctx) -> torch.Tensor | None:
+    """InfoGAN: Q (sharing D's body) reads the codes back from G's image; None without a Q head."""
+    q, lat = ctx.v["q"], ctx.v["lat"]
+    return None if q is None else info_loss(*q, lat.cat, lat.cont)
+
+
+def clip_weights(ctx: Ctx) -> None:
+    """WGAN's Lipschitz constraint: every critic parameter clamped to [-clip, clip] after its update."""
+    if ctx.cfg.clip:
+        with torch.no_grad():
+            for p in ctx.d_plain.parameters():
+                p.clamp_(-ctx.cfg.clip, ctx.cfg.clip)
+
+
+def wasserstein(ctx: Ctx) -> dict:
+    """The critic's estimate of the earth-mover distance, for Wasserstein losses."""
+    if ctx.state.loss.name != "wasserstein":
+        return {}
+    return {"wasserstein": (ctx.v["logit_real"].mean() - ctx.v["logit_fake"].mean()).detach()}
+
+
+# ---- G: fool the frozen D with the kept fake ---------------------------------------------------------
+def g_loss(ctx: Ctx) -> torch.Tensor:
+    logit, q = split_d(ctx.d_plain(ctx.v["fake"], ctx.v["lat"].y))
+    ctx.v["q"] = q
+    return ctx.state.loss.g(logit)
+
+
+def ortho_term(ctx: Ctx) -> torch.Tensor:
+    """BigGAN: G's weights kept close to orthogonal (off-diagonal Gram entries only)."""
+    return orthogonal_penalty(ortho_weights(ctx.g_plain))
+
+
+adversarial_step = Step((
+    Phase("D", d_loss, per_batch=True, after=clip_weights, report=wasserstein, terms=(
+        Term("gp", gp_term, lambda ctx: ctx.cfg.gp_lambda),
+        Term("info", info_term, lambda ctx: ctx.cfg.info_lambda, report=False))),
+    Phase("G", g_loss, terms=(
+        Term("info", info_term, lambda ctx: ctx.cfg.info_lambda),
+        Term("ortho", ortho_term, lambda ctx: ctx.cfg.ortho_reg))),
+))

@@ -67,19 +67,20 @@ ARCHS: dict[str, Family] = {
         metrics=("fid", "class_acc"), defaults=BIGGAN),
     "pix2pix": Family(
         "pix2pix", "U-Net G with skips and dropout, PatchGAN D on (input, output) pairs, cGAN + 100 L1 (Isola 2017)",
-        "paired", pix2pix.build_generator, pix2pix.build_discriminator, ("nonsat",), pix2pix.step,
+        "paired", pix2pix.build_generator, pix2pix.build_discriminator, ("nonsat",), pix2pix.step, multi_critic=False,
         metrics=("l1", "psnr", "ssim", "l1_identity", "l1_mean"), defaults=PIX2PIX, options=pix2pix.Options,
         gate=PSNR_GATE, infer=pix2pix.infer, heldout=pix2pix.heldout, score=pix2pix.score),
     "cyclegan": Family(
         "cyclegan", "two ResNet G and two PatchGAN D, LSGAN, cycle + identity L1, pools of past fakes (Zhu 2017)",
         "unpaired", cyclegan.build_generator, cyclegan.build_discriminator, ("lsgan",), cyclegan.step,
+        multi_critic=False,
         metrics=("cycle_l1", "l1_a2b", "l1_identity"), defaults=CYCLEGAN, options=cyclegan.Options,
         gate=Gate("l1_a2b", higher_is_better=False), infer=cyclegan.infer, heldout=cyclegan.heldout,
         score=cyclegan.score, directions=("a2b", "b2a")),
     "srgan": Family(
         "srgan", "SRResNet G (residual blocks, sub-pixel x2/x4), strided D; MSE warm-up, then pixel + feature "
                  "content loss + 1e-3 adversarial (Ledig 2017)",
-        "superres", srgan.build_generator, srgan.build_discriminator, ("nonsat",), srgan.step,
+        "superres", srgan.build_generator, srgan.build_discriminator, ("nonsat",), srgan.step, multi_critic=False,
         metrics=("psnr", "ssim", "psnr_bicubic", "ssim_bicubic"), defaults=SRGAN, options=srgan.Options,
         gate=PSNR_GATE, infer=srgan.infer, heldout=srgan.heldout, score=srgan.score,
         lineage=("features", "features_sha256"), check=srgan.check),

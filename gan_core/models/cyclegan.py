@@ -16,22 +16,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from gan_core.config import ConfigError, DataConfig, ModelConfig
-from gan_core.data import to_float
 from gan_core.inference import run_batched
 from gan_core.metrics.frechet import MetricError
 from gan_core.metrics.pixel import l1
 from gan_core.models.dcgan import dcgan_init
-from gan_core.steps import set_requires_grad, unwrap
-
-if TYPE_CHECKING:
-    from gan_core.config import TrainConfig
-    from gan_core.train import TrainState
+from gan_core.phases import Ctx, Phase, Step, Term, unwrap
+from gan_core.steps import images
 
 NORMS = ("instance", "batch")
 
@@ -214,49 +209,53 @@ def _l1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x - y).abs().mean()
 
 
-def _images(state: "TrainState", batch: dict, key: str) -> torch.Tensor:
-    x = to_float(batch[key].to(state.device, non_blocking=True))  # (B, C, R, R) in [-1, 1]
-    return x.contiguous(memory_format=torch.channels_last) if state.channels_last else x
+def _opts(ctx: Ctx) -> Options:
+    return ctx.state.options if ctx.state.options is not None else Options()
 
 
-def step(state: "TrainState", batches: list, cfg: "TrainConfig") -> dict[str, torch.Tensor]:
-    """One CycleGAN step: one G forward (both directions, cycles, identities), both D updated on real
-    images and pool-drawn fakes, then both G updated against the new D (frozen, plain module, as in
-    gan_core.steps). Returns detached 0-d loss_d, loss_g, cycle and, when on, identity (unweighted
-    sums of the two directions' L1 terms)."""
-    if len(batches) != 1:
-        raise ConfigError("train.n_critic", f"cyclegan updates D once per G update (set 1), got {len(batches)}")
-    opts: Options = state.options if state.options is not None else Options()
-    d_plain = unwrap(state.D)
-    real_a, real_b = _images(state, batches[0], "images"), _images(state, batches[0], "images_b")
-    with state.autocast():
-        out = state.G(real_a, real_b)
-    # ---- D: real vs pooled fakes; each D's loss halved, which slows D relative to G (the paper)
-    fake_a, state.extra["pool_a"] = pool_draw(state.extra.get("pool_a"), out["fake_a"], opts.pool_size)
-    fake_b, state.extra["pool_b"] = pool_draw(state.extra.get("pool_b"), out["fake_b"], opts.pool_size)
-    with state.autocast():
-        real_la, real_lb = state.D(real_a, real_b)
-        fake_la, fake_lb = state.D(fake_a, fake_b)
-        loss_d = 0.5 * (state.loss.d(real_la, fake_la) + state.loss.d(real_lb, fake_lb))
-    state.opt_d.zero_grad(set_to_none=True)
-    loss_d.backward()
-    state.opt_d.step()
-    # ---- G: fool both D, close both cycles, leave target-domain images alone
-    set_requires_grad(d_plain, False)
-    with state.autocast():
-        la, lb = d_plain(out["fake_a"], out["fake_b"])
-        cycle = _l1(out["rec_a"], real_a) + _l1(out["rec_b"], real_b)
-        loss_g = state.loss.g(la) + state.loss.g(lb) + opts.cycle_lambda * cycle
-        metrics = {"cycle": cycle.detach()}
-        if "idt_a" in out:
-            identity = _l1(out["idt_a"], real_a) + _l1(out["idt_b"], real_b)
-            loss_g = loss_g + opts.identity * opts.cycle_lambda * identity
-            metrics["identity"] = identity.detach()
-    state.opt_g.zero_grad(set_to_none=True)
-    loss_g.backward()
-    state.opt_g.step()
-    set_requires_grad(d_plain, True)
-    return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), **metrics}
+def _translate_batch(ctx: Ctx) -> None:
+    """One G forward (both directions, cycles, identities) that both phases read."""
+    real_a, real_b = images(ctx), images(ctx, "images_b")
+    with ctx.state.autocast():
+        ctx.v.update(real_a=real_a, real_b=real_b, g=ctx.state.G(real_a, real_b))
+
+
+def _d_loss(ctx: Ctx) -> torch.Tensor:
+    """Real images vs pool-drawn fakes; each D's loss halved, which slows D relative to G (the paper)."""
+    state, out, size = ctx.state, ctx.v["g"], _opts(ctx).pool_size
+    fake_a, state.extra["pool_a"] = pool_draw(state.extra.get("pool_a"), out["fake_a"], size)
+    fake_b, state.extra["pool_b"] = pool_draw(state.extra.get("pool_b"), out["fake_b"], size)
+    real_la, real_lb = state.D(ctx.v["real_a"], ctx.v["real_b"])
+    fake_la, fake_lb = state.D(fake_a, fake_b)
+    return 0.5 * (state.loss.d(real_la, fake_la) + state.loss.d(real_lb, fake_lb))
+
+
+def _g_loss(ctx: Ctx) -> torch.Tensor:
+    """Fool both (frozen) D with this step's fresh fakes."""
+    la, lb = ctx.d_plain(ctx.v["g"]["fake_a"], ctx.v["g"]["fake_b"])
+    return ctx.state.loss.g(la) + ctx.state.loss.g(lb)
+
+
+def _cycle(ctx: Ctx) -> torch.Tensor:
+    """A -> B -> A returns A, and B -> A -> B returns B (sum of the two L1 terms)."""
+    g = ctx.v["g"]
+    return _l1(g["rec_a"], ctx.v["real_a"]) + _l1(g["rec_b"], ctx.v["real_b"])
+
+
+def _identity(ctx: Ctx) -> torch.Tensor | None:
+    """A generator fed its own target domain leaves the image alone (None when the loss is off)."""
+    g = ctx.v["g"]
+    return None if "idt_a" not in g else _l1(g["idt_a"], ctx.v["real_a"]) + _l1(g["idt_b"], ctx.v["real_b"])
+
+
+# Both D updated once on the step's batch (n_critic is 1), then both G against the new D. loss_g is
+# the adversarial terms + cycle_lambda * cycle + identity * cycle_lambda * identity.
+step = Step((
+    Phase("D", _d_loss),
+    Phase("G", _g_loss, terms=(
+        Term("cycle", _cycle, lambda ctx: _opts(ctx).cycle_lambda),
+        Term("identity", _identity, lambda ctx: _opts(ctx).identity * _opts(ctx).cycle_lambda))),
+), prepare=_translate_batch)
 
 
 # ---- builders, inference, evaluation --------------------------------------------------------------

@@ -17,20 +17,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from gan_core.config import ConfigError, DataConfig, ModelConfig
-from gan_core.data import to_float
 from gan_core.inference import run_batched
 from gan_core.models.dcgan import dcgan_init
-from gan_core.steps import set_requires_grad, unwrap
-
-if TYPE_CHECKING:
-    from gan_core.config import TrainConfig
-    from gan_core.train import TrainState
+from gan_core.phases import Ctx, Phase, Step, Term
+from gan_core.steps import images
 
 NORMS = ("batch", "instance")
 MAX_MULT = 8  # widths stop doubling at 8x the base (the paper's 512 = 8 * 64)
@@ -167,37 +162,30 @@ def build_discriminator(m: ModelConfig, d: DataConfig, n_classes: int = 0,
     return PatchDiscriminator(d.channels, d.channels, d.resolution, m.d_channels, _options(options).norm)
 
 
-def step(state: "TrainState", batches: list, cfg: "TrainConfig") -> dict[str, torch.Tensor]:
-    """One D update on (A, B) vs (A, G(A)), then one G update on the cGAN loss + lambda * L1.
+# ---- the train step: D on (A, B) vs (A, G(A)), then G on the cGAN loss + lambda * L1 --------------
+def _d_loss(ctx: Ctx) -> torch.Tensor:
+    """Both D forwards and G's forward go through state.D / state.G, so DDP averages their gradients."""
+    state = ctx.state
+    a, b = images(ctx), images(ctx, "images_b")
+    fake = state.G(a)
+    ctx.v.update(a=a, b=b, fake=fake)
+    return state.loss.d(state.D(a, b), state.D(a, fake.detach()))  # losses average over patches
 
-    Both D forwards and G's forward go through state.D / state.G (DDP averages their gradients);
-    the G update reads D's plain module with D frozen, as gan_core.steps does.
-    """
-    (batch,) = batches  # n_critic is 1 for pix2pix
-    lam = _options(state.options).l1_lambda
-    a = to_float(batch["images"].to(state.device, non_blocking=True))  # (B, C, R, R) in [-1, 1]
-    b = to_float(batch["images_b"].to(state.device, non_blocking=True))
-    if state.channels_last:
-        a, b = a.contiguous(memory_format=torch.channels_last), b.contiguous(memory_format=torch.channels_last)
-    d_plain = unwrap(state.D)
-    with state.autocast():
-        fake = state.G(a)
-        loss_d = state.loss.d(state.D(a, b), state.D(a, fake.detach()))  # losses average over patches
-    state.opt_d.zero_grad(set_to_none=True)
-    # The paper halves D's objective "which slows down the rate at which D learns relative to G";
-    # loss_d is reported unhalved, comparable with the other families.
-    (0.5 * loss_d).backward()
-    state.opt_d.step()
 
-    set_requires_grad(d_plain, False)
-    with state.autocast():
-        l1 = (fake - b).abs().mean()  # in [-1, 1] units
-        loss_g = state.loss.g(d_plain(a, fake)) + lam * l1
-    state.opt_g.zero_grad(set_to_none=True)
-    loss_g.backward()
-    state.opt_g.step()
-    set_requires_grad(d_plain, True)
-    return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "l1": l1.detach()}
+def _g_loss(ctx: Ctx) -> torch.Tensor:
+    return ctx.state.loss.g(ctx.d_plain(ctx.v["a"], ctx.v["fake"]))
+
+
+def _l1_term(ctx: Ctx) -> torch.Tensor:
+    return (ctx.v["fake"] - ctx.v["b"]).abs().mean()  # in [-1, 1] units
+
+
+# The paper halves D's objective "which slows down the rate at which D learns relative to G"; loss_d is
+# reported unhalved, comparable with the other families. n_critic is 1 (the family's check says so).
+step = Step((
+    Phase("D", _d_loss, scale=0.5),
+    Phase("G", _g_loss, terms=(Term("l1", _l1_term, lambda ctx: _options(ctx.state.options).l1_lambda),)),
+))
 
 
 def infer(G: nn.Module) -> nn.Module:

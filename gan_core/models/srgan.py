@@ -26,11 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from gan_core.config import ConfigError, DataConfig, ModelConfig
-from gan_core.data import to_float
 from gan_core.inference import run_batched
 from gan_core.metrics import features as feats
 from gan_core.resample import downsample, upsample
-from gan_core.steps import set_requires_grad, unwrap
+from gan_core.phases import Ctx, Phase, Step, Term
+from gan_core.steps import images
 
 if TYPE_CHECKING:
     from gan_core.config import TrainConfig
@@ -214,52 +214,55 @@ def start_gan_phase(state: "TrainState", o: Options) -> None:
         group["lr"] = o.gan_lr_g
 
 
-def step(state: "TrainState", batches: list, cfg: "TrainConfig") -> dict[str, torch.Tensor]:
-    """One step of the current phase on HR batch["images"] (uint8) and its downsampled LR.
-
-    mse: G <- MSE(G(LR), HR) (SRResNet); D untouched, loss_d reported as 0.
-    gan (from step warmup_steps, whose first step resets G's optimizer, see start_gan_phase):
-        D <- loss.d(D(HR), D(G(LR)));
-        G <- MSE + feature_weight * feature MSE + adv_weight * loss.g(D(G(LR))).
-    G's and D's forwards whose gradients DDP must average go through state.G / state.D; the G update
-    reads D's plain module with D frozen, as gan_core.steps does.
-    """
-    if len(batches) != 1:
-        raise ConfigError("train.n_critic", f"srgan updates D once per G update (set 1), got {len(batches)}")
-    o = _options(state.options)
-    hr = to_float(batches[0]["images"].to(state.device, non_blocking=True))  # (B, C, R, R) in [-1, 1]
-    lr = downsample(hr, o.scale)  # (B, C, R/scale, R/scale)
-    state.extra["phase"] = phase(state, cfg)
+def _prepare(ctx: Ctx) -> None:
+    """HR batch (uint8 -> [-1, 1]) and its downsampled LR; the phase of this step; the first GAN step
+    resets G's optimizer (start_gan_phase)."""
+    state, o = ctx.state, _options(ctx.state.options)
+    hr = images(ctx)  # (B, C, R, R)
+    ctx.v.update(hr=hr, lr=downsample(hr, o.scale))  # LR (B, C, R/scale, R/scale)
+    state.extra["phase"] = phase(state, ctx.cfg)
     if state.extra["phase"] == "mse":
-        with state.autocast():
-            mse = F.mse_loss(state.G(lr).float(), hr)
-        state.opt_g.zero_grad(set_to_none=True)
-        mse.backward()
-        state.opt_g.step()
-        return {"loss_d": torch.zeros((), device=state.device), "loss_g": mse.detach(), "mse": mse.detach()}
-
-    if state.step == warmup(o, cfg):
+        ctx.out["loss_d"] = torch.zeros((), device=state.device)  # D is untouched while G warms up
+    elif state.step == warmup(o, ctx.cfg):
         start_gan_phase(state, o)
-    backbone, d_plain = content_features(state), unwrap(state.D)
-    with state.autocast():
-        sr = state.G(lr)
-        loss_d = state.loss.d(state.D(hr), state.D(sr.detach()))
-    state.opt_d.zero_grad(set_to_none=True)
-    loss_d.backward()
-    state.opt_d.step()
 
-    set_requires_grad(d_plain, False)
-    with state.autocast():
-        mse = F.mse_loss(sr.float(), hr)
-        feature = F.mse_loss(backbone(sr), backbone(hr))  # the backbone is frozen: gradients reach sr only
-        adv = state.loss.g(d_plain(sr))
-        loss_g = mse + o.feature_weight * feature + o.adv_weight * adv
-    state.opt_g.zero_grad(set_to_none=True)
-    loss_g.backward()
-    state.opt_g.step()
-    set_requires_grad(d_plain, True)
-    return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "mse": mse.detach(),
-            "feature": feature.detach(), "adv": adv.detach()}
+
+def _gan(ctx: Ctx) -> bool:
+    return ctx.state.extra["phase"] == "gan"
+
+
+def _mse_loss(ctx: Ctx) -> torch.Tensor:
+    """SRResNet's pixel loss (the whole G loss while warming up)."""
+    sr = ctx.state.G(ctx.v["lr"]) if "sr" not in ctx.v else ctx.v["sr"]
+    ctx.v["sr"] = sr
+    mse = F.mse_loss(sr.float(), ctx.v["hr"])
+    ctx.out["mse"] = mse.detach()
+    return mse
+
+
+def _d_loss(ctx: Ctx) -> torch.Tensor:
+    state = ctx.state
+    sr = ctx.v["sr"] = state.G(ctx.v["lr"])
+    return state.loss.d(state.D(ctx.v["hr"]), state.D(sr.detach()))
+
+
+def _feature(ctx: Ctx) -> torch.Tensor:
+    backbone = content_features(ctx.state)  # frozen: gradients reach sr only
+    return F.mse_loss(backbone(ctx.v["sr"]), backbone(ctx.v["hr"]))
+
+
+def _adv(ctx: Ctx) -> torch.Tensor:
+    return ctx.state.loss.g(ctx.d_plain(ctx.v["sr"]))
+
+
+# mse phase: G <- MSE(G(LR), HR), D untouched. gan phase (from step warmup_steps):
+#   D <- loss.d(D(HR), D(G(LR)));  G <- MSE + feature_weight * feature MSE + adv_weight * loss.g(D(G(LR))).
+step = Step((
+    Phase("D", _d_loss, when=_gan),
+    Phase("G", _mse_loss, terms=(
+        Term("feature", _feature, lambda ctx: _options(ctx.state.options).feature_weight if _gan(ctx) else 0.0),
+        Term("adv", _adv, lambda ctx: _options(ctx.state.options).adv_weight if _gan(ctx) else 0.0))),
+), prepare=_prepare)
 
 
 # ---- inference and evaluation -----------------------------------------------------------------------
