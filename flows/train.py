@@ -135,7 +135,7 @@ def train_loop_per_worker(config: dict) -> None:
         hand_back(rank, state, point)   # byte for byte, so registration sees the same candidate
         return
     try:
-        train(state, batches.from_step(batch_position(state.step, cfg.train)), cfg, callbacks)
+        train(state, batches.from_step(batch_position(state.step, cfg)), cfg, callbacks)
     except DivergedError as e:
         # every rank raises at the same step (the flag is all-reduced); ending normally keeps
         # FailureConfig from restarting a run that would only diverge again. The verdict goes next

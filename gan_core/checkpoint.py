@@ -88,7 +88,7 @@ def to_checkpoint(state: TrainState, cfg: PipelineConfig, rng: list[dict], meta:
                    "G_ema": state.G_ema.state_dict()},
         "optimizers": {"G": state.opt_g.state_dict(), "D": state.opt_d.state_dict()},
         "scaler": state.scaler.state_dict() if state.scaler is not None else {},
-        "sampler": sampler_state(state.step, state.world, cfg.train),
+        "sampler": sampler_state(state.step, state.world, cfg),
         "extra": state.extra,
         "extra_ranks": extras if extras is not None else [state.extra],
         "rng": rng,
@@ -96,9 +96,10 @@ def to_checkpoint(state: TrainState, cfg: PipelineConfig, rng: list[dict], meta:
     }
 
 
-def sampler_state(step: int, world: int, t: TrainConfig) -> dict[str, int]:
+def sampler_state(step: int, world: int, cfg: PipelineConfig) -> dict[str, int]:
     """Where the data sampler stands at `step`: what a resumed run must read next."""
-    return {"seed": t.seed, "position": batch_position(step, t), "per_worker_batch": t.per_worker_batch,
+    t = cfg.train
+    return {"seed": t.seed, "position": batch_position(step, cfg), "per_worker_batch": t.per_worker_batch,
             "world": world}
 
 
@@ -110,8 +111,8 @@ def check_consistent(ckpt: dict) -> None:
     if actual != stored:
         raise CheckpointError(f"config edited: the checkpoint's config hashes to {actual[:12]}, not the "
                               f"{stored[:12] or '(none)'} it was saved with; refusing to resume under other settings")
-    step, t = int(ckpt["step"]), PipelineConfig.from_dict(ckpt["config"]).train
-    stored_pos, expected_pos = (ckpt.get("sampler") or {}).get("position"), batch_position(step, t)
+    step, cfg = int(ckpt["step"]), PipelineConfig.from_dict(ckpt["config"])
+    stored_pos, expected_pos = (ckpt.get("sampler") or {}).get("position"), batch_position(step, cfg)
     if stored_pos != expected_pos:
         raise CheckpointError(f"sampler position {stored_pos} in the checkpoint, but step {step} starts at batch "
                               f"{expected_pos}: a resumed run would read other batches than the original")

@@ -16,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gan_core.config import ConfigError, PipelineConfig, TrainConfig
 from gan_core.family import Family
+from gan_core.growth import Fixed, Growth
 from gan_core.losses import LOSSES, LossPair
 from gan_core.models import family_for
 from gan_core.steps import unwrap
@@ -91,9 +92,15 @@ def optimizer(model: nn.Module, t: TrainConfig, lr: float) -> torch.optim.Optimi
     return torch.optim.Adam(model.parameters(), lr=lr, betas=(t.beta1, t.beta2))
 
 
-def batch_position(step: int, t: TrainConfig) -> int:
-    """Index of the first batch of `step`: each step reads n_critic batches (one per D update)."""
-    return step * t.n_critic
+def schedule(cfg: PipelineConfig) -> Fixed | Growth:
+    """How many batches each step reads: the family's schedule (progressive growing), else n_critic."""
+    family = family_for(cfg.model)
+    return family.schedule(cfg) if family.schedule is not None else Fixed(cfg.train.n_critic)
+
+
+def batch_position(step: int, cfg: PipelineConfig) -> int:
+    """Index of the first batch of `step` in the sampler's sequence."""
+    return schedule(cfg).position(step)
 
 
 def distribute(state: TrainState, world: int) -> TrainState:
@@ -103,8 +110,11 @@ def distribute(state: TrainState, world: int) -> TrainState:
     with warnings.catch_warnings():
         # torch 2.13 deprecates broadcast_buffers but tells rank-local-buffer users to keep it
         warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
-        state.G = DDP(state.G, device_ids=ids, broadcast_buffers=False)
-        state.D = DDP(state.D, device_ids=ids, broadcast_buffers=False)
+        # a growing family leaves the layers of resolutions it has not reached without gradients,
+        # which DDP must be told to expect (it then checks every backward for unused parameters)
+        unused = state.family.dynamic_graph
+        state.G = DDP(state.G, device_ids=ids, broadcast_buffers=False, find_unused_parameters=unused)
+        state.D = DDP(state.D, device_ids=ids, broadcast_buffers=False, find_unused_parameters=unused)
     state.world = world
     return state
 
@@ -134,15 +144,15 @@ def check_finite(state: TrainState, out: dict[str, torch.Tensor]) -> None:
 def train(state: TrainState, batches: Iterator, cfg: PipelineConfig,
           callbacks: Iterable[Callback] = ()) -> TrainState:
     """Run steps until cfg.train.steps, starting at state.step (so a restored state resumes).
-    `batches` must start at batch_position(state.step); each step takes n_critic of them."""
-    t, callbacks = cfg.train, list(callbacks)
+    `batches` must start at batch_position(state.step); each step takes schedule(cfg).batches(step)."""
+    t, callbacks, plan = cfg.train, list(callbacks), schedule(cfg)
     sums: dict[str, torch.Tensor] = {}
     n, imgs, t0, paused = 0, 0, time.perf_counter(), 0.0
     batches = iter(batches)
     for batch in batches:
         if state.step >= t.steps:
             break
-        group = [batch] + [next(batches) for _ in range(t.n_critic - 1)]
+        group = [batch] + [next(batches) for _ in range(plan.batches(state.step) - 1)]
         # ---- one optimisation step (family-specific) --------------------------------------
         out = state.family.step(state, group, t)
         state.step += 1

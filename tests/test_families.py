@@ -82,7 +82,7 @@ def test_checkpoint_round_trip(arch, tmp_path):
 
 def test_a_critic_family_reads_n_critic_batches_per_step():
     cfg = tiny_config(model={"arch": "wgan"}, train={"steps": 3, "log_every": 3, "checkpoint_every": 3})
-    assert cfg.train.n_critic == 5 and batch_position(3, cfg.train) == 15
+    assert cfg.train.n_critic == 5 and batch_position(3, cfg) == 15
     s = build_state(cfg)
     images, labels = blobs(256)
     train(s, ShardedBatches({"images": torch.from_numpy(images)}, 8, 0, 1, 0).from_step(0), cfg)
@@ -155,7 +155,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(arch, tmp_path):
         s = state or build_state(cfg, n_classes=CLASSES)
         images, labels = blobs(64)
         b = ShardedBatches({"images": torch.from_numpy(images), "labels": torch.from_numpy(labels)}, 8, 0, 1, 0)
-        return train(s, b.from_step(batch_position(s.step, cfg.train)), cfg), cfg
+        return train(s, b.from_step(batch_position(s.step, cfg)), cfg), cfg
 
     straight, cfg = run(4)
     half, _ = run(2)
@@ -167,7 +167,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(arch, tmp_path):
     cfg4 = fam_config(arch, steps=4, log_every=2, checkpoint_every=2)
     images, labels = blobs(64)
     b = ShardedBatches({"images": torch.from_numpy(images), "labels": torch.from_numpy(labels)}, 8, 0, 1, 0)
-    train(resumed, b.from_step(batch_position(2, cfg4.train)), cfg4)
+    train(resumed, b.from_step(batch_position(2, cfg4)), cfg4)
     for a, b_ in [(straight.G_ema, resumed.G_ema), (straight.D, resumed.D)]:
         sd = b_.state_dict()
         assert all(torch.equal(v, sd[k]) for k, v in a.state_dict().items())

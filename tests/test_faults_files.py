@@ -87,7 +87,7 @@ def test_checkpoint_holds_every_piece(tmp_path):
         assert len(st) == len(c["optimizers"][name]["param_groups"][0]["params"]) > 0
         assert all(v["exp_avg"].abs().sum() > 0 for v in st.values())
     assert c["scaler"]["scale"] == 1234.0 and c["scaler"]["growth_interval"] == 7
-    assert c["sampler"] == {"seed": cfg.train.seed, "position": batch_position(4, cfg.train),
+    assert c["sampler"] == {"seed": cfg.train.seed, "position": batch_position(4, cfg),
                             "per_worker_batch": 8, "world": 1} and c["sampler"]["position"] > 0
     rng = c["rng"]
     assert len(rng) == 1 and rng[0]["torch"].numel() > 0 and rng[0]["numpy"]["keys"].numel() == 624
@@ -112,7 +112,7 @@ def test_restore_into_fresh_state_is_exact_and_resumes_bit_identically(tmp_path)
     assert np.array_equal(np.random.get_state()[1], rng["numpy"]["keys"].numpy().astype(np.uint32))
     assert random.getstate()[1] == tuple(rng["python"][1])
 
-    train(fresh, _batches(cfg).from_step(batch_position(fresh.step, cfg.train)), cfg)
+    train(fresh, _batches(cfg).from_step(batch_position(fresh.step, cfg)), cfg)
     assert fresh.step == s.step == 8
     _assert_same(_pieces(s), _pieces(fresh), "resumed")
 
