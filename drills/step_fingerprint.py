@@ -40,8 +40,6 @@ for arch in archs:
         d["family"] = {"srgan": {"warmup_steps": 2, "scale": 2}}
     if arch == "cyclegan":
         d["family"] = {"cyclegan": {"pool_size": 3}}
-    if arch == "biggan":
-        d["model"]["attention"] = 8
     cfg = PipelineConfig.from_dict(d)
     torch.manual_seed(0)
     st = build_state(cfg, n_classes=3)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from gan_core.config import PipelineConfig, TrainConfig, canonical_json
+from gan_core.config import PipelineConfig, canonical_json
 from gan_core.files import file_sha256, json_bytes, room_for, write_files_atomic
 from gan_core.train import TrainState, batch_position, build_state
 from gan_core.steps import unwrap

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import re
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -72,19 +71,11 @@ class ModelConfig:
     g_channels: int = 64  # generator width at the output resolution; doubles per halving
     d_channels: int = 64  # discriminator width at the input resolution; doubles per halving
     minibatch: str = "none"  # none | mbd (mini-batch discrimination) | stddev (mini-batch stddev); any D
-    embed_dim: int = 32  # class-embedding size (cgan's G input, biggan's shared embedding)
-    code_cat: int = 10  # infogan: categories of the categorical code
-    code_cont: int = 2  # infogan: continuous codes, uniform in [-1, 1]
-    attention: int = 8  # biggan: resolution of the self-attention block (0: none)
 
     def __post_init__(self):
-        for name in ("z_dim", "g_channels", "d_channels", "embed_dim"):
+        for name in ("z_dim", "g_channels", "d_channels"):
             _check(getattr(self, name) > 0, f"model.{name}", f"must be > 0, got {getattr(self, name)}")
         _check(self.minibatch in MINIBATCH, "model.minibatch", f"must be one of {MINIBATCH}, got {self.minibatch!r}")
-        _check(self.code_cat >= 0 and self.code_cont >= 0, "model.code_cat",
-               f"code_cat and code_cont must be >= 0, got {self.code_cat}, {self.code_cont}")
-        _check(self.attention == 0 or _is_pow2(self.attention), "model.attention",
-               f"must be 0 or a power of two, got {self.attention}")
 
 
 @dataclass(frozen=True)
@@ -97,10 +88,6 @@ class TrainConfig:
     beta2: float = 0.999
     optimizer: str = "adam"  # adam (betas above) | rmsprop (WGAN)
     n_critic: int = 1  # D updates per G update, each on its own real batch
-    clip: float = 0.0  # WGAN weight clipping of D's parameters to [-clip, clip] (0: off)
-    gp_lambda: float = 0.0  # WGAN-GP gradient-penalty weight (0: off)
-    ortho_reg: float = 0.0  # BigGAN orthogonal regularisation of G's weights (0: off)
-    info_lambda: float = 1.0  # InfoGAN mutual-information loss weight
     ema_decay: float = 0.995  # G_ema <- decay * G_ema + (1 - decay) * G
     ema_start: int = 100  # copy G into G_ema until this step (early G moves too fast to average)
     seed: int = 0
@@ -130,9 +117,6 @@ class TrainConfig:
         _check(self.max_failures >= 0, "train.max_failures", "must be >= 0")
         _check(self.optimizer in OPTIMIZERS, "train.optimizer", f"must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         _check(self.n_critic >= 1, "train.n_critic", f"must be >= 1, got {self.n_critic}")
-        for name in ("clip", "gp_lambda", "ortho_reg", "info_lambda"):
-            v = getattr(self, name)
-            _check(v >= 0 and math.isfinite(v), f"train.{name}", f"must be a finite number >= 0, got {v}")
 
     @property
     def per_worker_batch(self) -> int:
@@ -191,7 +175,7 @@ class PipelineConfig:
         RMSprop, WGAN-GP's Adam(0, 0.9), ...) and then the dataclass default. `family:` holds a
         sub-section per family: every one is validated by its family (a typo in one is an error
         whichever family runs), and the selected family's becomes `family`."""
-        d = d or {}
+        d = moved_settings(d or {})
         unknown = sorted(set(d) - set(SECTIONS) - {FAMILY})
         if unknown:
             raise ConfigError(unknown[0], f"unknown section (known: {', '.join([*SECTIONS, FAMILY])})")
@@ -213,6 +197,42 @@ class PipelineConfig:
     def params_hash(self) -> str:
         """sha256 of the canonical JSON of every setting: the 'params hash' lineage tag."""
         return hashlib.sha256(canonical_json(self.to_dict()).encode()).hexdigest()
+
+
+# Settings that were flat fields every family carried and now live in the section of the family that
+# uses them. Configs written before (checkpoints, params.yaml files, registered runs) still load:
+# a moved value goes to the selected family's section when that family owns the field, and is dropped
+# when it had no effect on the selected family (left at its old default, or only read by another
+# family); anything else is refused with the field's new place.
+MOVED = {("model", "embed_dim"): None, ("model", "code_cat"): None, ("model", "code_cont"): None,
+         ("model", "attention"): None, ("train", "info_lambda"): None,
+         ("train", "clip"): 0.0, ("train", "gp_lambda"): 0.0, ("train", "ortho_reg"): 0.0}  # value with no effect
+
+
+def moved_settings(d: dict[str, Any]) -> dict[str, Any]:
+    """d with the settings of MOVED moved to `family.<arch>` (a new dict; d is not changed)."""
+    if not isinstance(d, dict) or not any(isinstance(d.get(s), dict) and f in d[s] for s, f in MOVED):
+        return d
+    d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    model = d.get("model") or {}
+    arch = model.get("arch", ModelConfig.arch) if isinstance(model, dict) else None
+    owner = family_sections().get(arch) if isinstance(arch, str) else None
+    owned = {f.name for f in fields(owner)} if owner is not None else set()
+    for (section, name), inert in MOVED.items():
+        sec = d.get(section)
+        if not isinstance(sec, dict) or name not in sec:
+            continue
+        value = sec.pop(name)
+        if name in owned:
+            family = d[FAMILY] = d.get(FAMILY) or {}
+            current = family.get(arch) or {}
+            if isinstance(family, dict) and isinstance(current, dict):  # else validation reports the shape
+                family[arch] = {name: value, **current}  # an explicit family value wins
+        elif inert is not None and value != inert:
+            users = sorted(n for n, cls in family_sections().items() if name in {f.name for f in fields(cls)})
+            raise ConfigError(f"{section}.{name}", f"moved to family.<arch>.{name} and used by "
+                                                   f"{', '.join(users)} only; {arch} does not take it")
+    return d
 
 
 def canonical_json(obj: Any) -> str:

@@ -1,10 +1,9 @@
-"""The train step of the noise-to-image families, composed of phases (gan_core.phases):
+"""The train steps of the noise-to-image families, composed of phases (gan_core.phases):
 n_critic D updates, each on its own real batch, then one G update.
 
-What the families change is declared by their networks and config, not by copies of this step:
-labels flow to a conditional G and D, InfoGAN's Q head adds the mutual-information term to both
-phases, a Wasserstein critic gets weight clipping (after each D update) or a gradient penalty
-(a D term), BigGAN's G an orthogonal penalty (a G term).
+Each family composes what it adds, with weights from its own settings: WGAN clips the critic after
+each D update, WGAN-GP adds a gradient penalty to D, InfoGAN the mutual-information term to both
+phases, BigGAN an orthogonal penalty to G. Labels flow to a conditional G and D by themselves.
 """
 from __future__ import annotations
 
@@ -14,7 +13,8 @@ from gan_core.data import to_float
 from gan_core.losses import gradient_penalty, info_loss, orthogonal_penalty
 from gan_core.phases import Ctx, Phase, Step, Term, set_requires_grad, unwrap
 
-__all__ = ["adversarial_step", "images", "ortho_weights", "set_requires_grad", "split_d", "unwrap"]
+__all__ = ["adversarial_step", "clipped_step", "images", "info_step", "noise_step", "ortho_step", "ortho_weights",
+           "penalty_step", "set_requires_grad", "split_d", "unwrap"]
 
 
 def split_d(out) -> tuple[torch.Tensor, tuple | None]:
@@ -65,10 +65,11 @@ def info_term(ctx: Ctx) -> torch.Tensor | None:
 
 def clip_weights(ctx: Ctx) -> None:
     """WGAN's Lipschitz constraint: every critic parameter clamped to [-clip, clip] after its update."""
-    if ctx.cfg.clip:
+    clip = ctx.state.options.clip
+    if clip:
         with torch.no_grad():
             for p in ctx.d_plain.parameters():
-                p.clamp_(-ctx.cfg.clip, ctx.cfg.clip)
+                p.clamp_(-clip, clip)
 
 
 def wasserstein(ctx: Ctx) -> dict:
@@ -90,11 +91,20 @@ def ortho_term(ctx: Ctx) -> torch.Tensor:
     return orthogonal_penalty(ortho_weights(ctx.g_plain))
 
 
-adversarial_step = Step((
-    Phase("D", d_loss, per_batch=True, after=clip_weights, report=wasserstein, terms=(
-        Term("gp", gp_term, lambda ctx: ctx.cfg.gp_lambda),
-        Term("info", info_term, lambda ctx: ctx.cfg.info_lambda, report=False))),
-    Phase("G", g_loss, terms=(
-        Term("info", info_term, lambda ctx: ctx.cfg.info_lambda),
-        Term("ortho", ortho_term, lambda ctx: ctx.cfg.ortho_reg))),
-))
+def _option(name: str):
+    """A term's weight, read from the family's own settings (wgan_gp's gp_lambda, ...)."""
+    return lambda ctx: getattr(ctx.state.options, name)
+
+
+def noise_step(d_terms: tuple[Term, ...] = (), g_terms: tuple[Term, ...] = (), after=None) -> Step:
+    """n_critic D phases (one per batch, each with its own fake) and one G phase on the last fake."""
+    return Step((Phase("D", d_loss, per_batch=True, after=after, report=wasserstein, terms=d_terms),
+                 Phase("G", g_loss, terms=g_terms)))
+
+
+adversarial_step = noise_step()  # vanilla, dcgan, cgan
+clipped_step = noise_step(after=clip_weights)  # wgan
+penalty_step = noise_step(d_terms=(Term("gp", gp_term, _option("gp_lambda")),))  # wgan_gp
+info_step = noise_step(d_terms=(Term("info", info_term, _option("info_lambda"), report=False),),  # infogan
+                       g_terms=(Term("info", info_term, _option("info_lambda")),))
+ortho_step = noise_step(g_terms=(Term("ortho", ortho_term, _option("ortho_reg")),))  # biggan

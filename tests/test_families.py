@@ -40,7 +40,7 @@ def test_shapes_and_range(arch, res, channels):
     logits, q = split_d(s.D(x, lat.y))
     assert logits.shape == (5,)
     if arch == "infogan":
-        assert q[0].shape == (5, cfg.model.code_cat) and q[1].shape == (5, cfg.model.code_cont)
+        assert q[0].shape == (5, cfg.family.code_cat) and q[1].shape == (5, cfg.family.code_cont)
     else:
         assert q is None
 
@@ -96,17 +96,17 @@ def test_weight_clipping_keeps_the_critic_in_the_box():
         for p in s.D.parameters():
             p.mul_(100)
     s.family.step(s, batches_for(cfg), cfg.train)
-    assert max(p.abs().max().item() for p in s.D.parameters()) <= cfg.train.clip
+    assert max(p.abs().max().item() for p in s.D.parameters()) <= cfg.family.clip == 0.01
 
 
 def test_family_defaults_apply_where_params_are_silent_and_yield_to_explicit_values():
     wgan = PipelineConfig.from_dict({"model": {"arch": "wgan"}})
-    assert (wgan.model.loss, wgan.train.optimizer, wgan.train.n_critic, wgan.train.clip, wgan.train.lr_d) == \
+    assert (wgan.model.loss, wgan.train.optimizer, wgan.train.n_critic, wgan.family.clip, wgan.train.lr_d) == \
         ("wasserstein", "rmsprop", 5, 0.01, 5e-5)
     gp = PipelineConfig.from_dict({"model": {"arch": "wgan_gp"}, "train": {"n_critic": 3}})
-    assert (gp.train.gp_lambda, gp.train.beta1, gp.train.beta2, gp.train.n_critic) == (10.0, 0.0, 0.9, 3)
+    assert (gp.family.gp_lambda, gp.train.beta1, gp.train.beta2, gp.train.n_critic) == (10.0, 0.0, 0.9, 3)
     big = PipelineConfig.from_dict({"model": {"arch": "biggan"}})
-    assert (big.model.loss, big.model.g_channels, big.train.ortho_reg, big.train.beta1) == ("hinge", 32, 1e-4, 0.0)
+    assert (big.model.loss, big.model.g_channels, big.family.ortho_reg, big.train.beta1) == ("hinge", 32, 1e-4, 0.0)
     dc = PipelineConfig.from_dict({"model": {"arch": "dcgan"}})
     assert (dc.model.loss, dc.train.optimizer, dc.train.n_critic, dc.train.lr_g) == ("nonsat", "adam", 1, 2e-4)
     assert PipelineConfig.from_dict(wgan.to_dict()) == wgan  # resolved values round-trip (checkpoints)
@@ -171,3 +171,47 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(arch, tmp_path):
     for a, b_ in [(straight.G_ema, resumed.G_ema), (straight.D, resumed.D)]:
         sd = b_.state_dict()
         assert all(torch.equal(v, sd[k]) for k, v in a.state_dict().items())
+
+
+# Configs written before these settings moved to their family's section (checkpoints, params.yaml files
+# of older versions, as dataclasses.asdict wrote every flat field)
+OLD_FLAT = {"model": {"embed_dim": 32, "code_cat": 10, "code_cont": 2, "attention": 8},
+            "train": {"clip": 0.0, "gp_lambda": 0.0, "ortho_reg": 0.0, "info_lambda": 1.0}}
+
+
+def _old(arch: str, **changes) -> dict:
+    d = {"model": {"arch": arch, **OLD_FLAT["model"]}, "train": dict(OLD_FLAT["train"])}
+    for key, value in changes.items():
+        section, name = key.split("__")
+        d[section][name] = value
+    return d
+
+
+def test_an_old_flat_config_loads_with_its_values_in_the_owning_family_section():
+    gp = PipelineConfig.from_dict(_old("wgan_gp", train__gp_lambda=5.0))
+    assert gp.family.gp_lambda == 5.0
+    info = PipelineConfig.from_dict(_old("infogan", model__code_cat=4, train__info_lambda=2.0))
+    assert (info.family.code_cat, info.family.code_cont, info.family.info_lambda) == (4, 2, 2.0)
+    big = PipelineConfig.from_dict(_old("biggan", train__ortho_reg=1e-3, model__attention=0))
+    assert (big.family.ortho_reg, big.family.attention, big.family.embed_dim) == (1e-3, 0, 32)
+    # inert for the selected family: dropped; dcgan's config is what it would be written today
+    assert PipelineConfig.from_dict(_old("dcgan")) == PipelineConfig.from_dict({"model": {"arch": "dcgan"}})
+
+
+def test_an_explicit_family_value_wins_over_an_old_flat_one():
+    d = {**_old("wgan", train__clip=0.02), "family": {"wgan": {"clip": 0.05}}}
+    assert PipelineConfig.from_dict(d).family.clip == 0.05
+
+
+def test_an_old_setting_that_acted_on_a_family_that_no_longer_takes_it_is_refused_with_its_new_place():
+    with pytest.raises(ConfigError, match=r"^train.gp_lambda: moved to family.<arch>.gp_lambda .*wgan_gp.*dcgan"):
+        PipelineConfig.from_dict(_old("dcgan", train__gp_lambda=10.0))
+
+
+@pytest.mark.parametrize("arch, field, value, reason", [
+    ("wgan_gp", "gp_lambda", -1.0, "finite number >= 0"), ("wgan", "clip", float("nan"), "finite number"),
+    ("infogan", "code_cat", -1, "integer >= 0"), ("biggan", "attention", 6, "power of two"),
+    ("cgan", "embed_dim", 0, "integer >= 1")])
+def test_family_settings_are_validated_by_the_family_and_named(arch, field, value, reason):
+    with pytest.raises(ConfigError, match=rf"^family.{arch}.{field}: .*{reason}"):
+        PipelineConfig.from_dict({"model": {"arch": arch}, "family": {arch: {field: value}}})

@@ -7,21 +7,22 @@ from __future__ import annotations
 from gan_core.config import ConfigError, ModelConfig
 from gan_core.family import Family, Gate
 from gan_core.models import biggan, cyclegan, dcgan, pix2pix, srgan, vanilla
-from gan_core.steps import adversarial_step
+from gan_core.steps import adversarial_step, clipped_step, info_step, ortho_step, penalty_step
 
-# The critics' optimisers as their papers give them: WGAN RMSprop(5e-5), n_critic 5, clip 0.01;
-# WGAN-GP Adam(1e-4, betas (0, 0.9)), n_critic 5, lambda 10. BigGAN: hinge, Adam betas (0, 0.999),
-# orthogonal regularisation 1e-4, but equal learning rates of 4e-4: with the paper's slower G
+# The critics' optimisers as their papers give them (their clip 0.01 and lambda 10 are the defaults of
+# their own settings, dcgan.ClipOptions / PenaltyOptions): WGAN RMSprop(5e-5), n_critic 5; WGAN-GP
+# Adam(1e-4, betas (0, 0.9)), n_critic 5. BigGAN: hinge, Adam betas (0, 0.999), its own orthogonal
+# regularisation 1e-4 (biggan.Options), but equal learning rates of 4e-4: with the paper's slower G
 # (1e-4 vs 4e-4) a small BigGAN learned to follow its class in fewer seeds (class_acc 0.38-0.79
 # vs 0.75-0.83 over seeds 0-2 after 600 steps on the blobs test set).
 WGAN = {"model": {"loss": "wasserstein"},
-        "train": {"optimizer": "rmsprop", "lr_g": 5e-5, "lr_d": 5e-5, "n_critic": 5, "clip": 0.01}}
+        "train": {"optimizer": "rmsprop", "lr_g": 5e-5, "lr_d": 5e-5, "n_critic": 5}}
 WGAN_GP = {"model": {"loss": "wasserstein"},
-           "train": {"lr_g": 1e-4, "lr_d": 1e-4, "beta1": 0.0, "beta2": 0.9, "n_critic": 5, "gp_lambda": 10.0}}
+           "train": {"lr_g": 1e-4, "lr_d": 1e-4, "beta1": 0.0, "beta2": 0.9, "n_critic": 5}}
 # Its widths default to 32 (not DCGAN's 64): at 64 the residual blocks cost ~10x DCGAN's FLOPs per image
 # (75 images/s on 2 CPU cores, 45 min for the default 3000 steps).
 BIGGAN = {"model": {"loss": "hinge", "g_channels": 32, "d_channels": 32},
-          "train": {"lr_g": 4e-4, "lr_d": 4e-4, "beta1": 0.0, "beta2": 0.999, "ortho_reg": 1e-4}}
+          "train": {"lr_g": 4e-4, "lr_d": 4e-4, "beta1": 0.0, "beta2": 0.999}}
 # Image-to-image: Adam(2e-4, beta1 0.5) as in pix2pix; width 32 (the paper's 64 is 3x slower on CPU at 16 px
 # for a held-out L1 within noise on edges2digits). Gated on held-out PSNR: higher is better.
 PIX2PIX = {"model": {"loss": "nonsat", "g_channels": 32, "d_channels": 32},
@@ -47,24 +48,24 @@ ARCHS: dict[str, Family] = {
     "cgan": Family(
         "cgan", "class embedding concatenated to z in G, projection discriminator (Mirza 2014, Miyato 2018)",
         "labelled", dcgan.build_generator, dcgan.build_conditional_discriminator, ("nonsat", "hinge"),
-        adversarial_step, metrics=("fid", "class_acc")),
+        adversarial_step, metrics=("fid", "class_acc"), options=dcgan.ConditionalOptions),
     "wgan": Family(
         "wgan", "critic without sigmoid, Wasserstein loss, weight clipping, n_critic, RMSprop (Arjovsky 2017)",
-        "unconditional", dcgan.build_generator, dcgan.build_discriminator, ("wasserstein",), adversarial_step,
-        defaults=WGAN),
+        "unconditional", dcgan.build_generator, dcgan.build_discriminator, ("wasserstein",), clipped_step,
+        defaults=WGAN, options=dcgan.ClipOptions),
     "wgan_gp": Family(
         "wgan_gp", "Wasserstein loss + gradient penalty on interpolates, layer-norm critic (Gulrajani 2017)",
-        "unconditional", dcgan.build_generator, dcgan.build_critic, ("wasserstein",), adversarial_step,
-        defaults=WGAN_GP),
+        "unconditional", dcgan.build_generator, dcgan.build_critic, ("wasserstein",), penalty_step,
+        defaults=WGAN_GP, options=dcgan.PenaltyOptions),
     "infogan": Family(
         "infogan", "categorical + continuous codes, Q head sharing D's body, mutual-information loss (Chen 2016)",
         "unconditional", dcgan.build_info_generator, dcgan.build_info_discriminator, ("nonsat", "hinge"),
-        adversarial_step, metrics=("fid", "code_acc", "code_nmi")),
+        info_step, metrics=("fid", "code_acc", "code_nmi"), options=dcgan.InfoOptions),
     "biggan": Family(
         "biggan", "conditional BN with shared embedding, hierarchical z, self-attention, spectral norm, hinge "
                   "(Brock 2019)",
-        "labelled", biggan.build_generator, biggan.build_discriminator, ("hinge", "nonsat"), adversarial_step,
-        metrics=("fid", "class_acc"), defaults=BIGGAN),
+        "labelled", biggan.build_generator, biggan.build_discriminator, ("hinge", "nonsat"), ortho_step,
+        metrics=("fid", "class_acc"), defaults=BIGGAN, options=biggan.Options),
     "pix2pix": Family(
         "pix2pix", "U-Net G with skips and dropout, PatchGAN D on (input, output) pairs, cGAN + 100 L1 (Isola 2017)",
         "paired", pix2pix.build_generator, pix2pix.build_discriminator, ("nonsat",), pix2pix.step, multi_critic=False,

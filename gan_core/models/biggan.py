@@ -10,6 +10,7 @@ pooling, and the shared head with a projection term for the class. Trained with 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,7 @@ from gan_core.config import ConfigError, DataConfig, ModelConfig
 from gan_core.latent import LatentSpec
 from gan_core.layers import ConditionalBatchNorm2d, DHead, SelfAttention, maybe_sn
 from gan_core.models.dcgan import widths
+from gan_core.options import integer, number
 
 
 def sn_ortho(layer: nn.Module) -> nn.Module:
@@ -118,12 +120,30 @@ class Discriminator(nn.Module):
         return self.head(F.relu(h).sum(dim=(2, 3)), y)  # global sum pooling, as in BigGAN
 
 
-def build_generator(m: ModelConfig, d: DataConfig, n_classes: int = 0, options=None) -> Generator:
-    if m.attention and not 8 <= m.attention <= d.resolution:
-        raise ConfigError("model.attention", f"must be 0 or in [8, data.resolution={d.resolution}], got {m.attention}")
-    return Generator(LatentSpec(m.z_dim, n_classes), d.channels, d.resolution, m.g_channels, m.embed_dim,
-                     m.attention)
+@dataclass(frozen=True)
+class Options:
+    """biggan's settings (params `family: {biggan: {...}}`)."""
+    embed_dim: int = 32  # the shared class embedding, concatenated with each z chunk
+    attention: int = 8  # resolution of the self-attention block (0: none)
+    ortho_reg: float = 1e-4  # orthogonal regularisation of G's weights (the paper's 1e-4; 0: off)
+
+    def __post_init__(self):
+        integer("embed_dim", self.embed_dim, 1)
+        integer("attention", self.attention)
+        if self.attention & (self.attention - 1):
+            raise ConfigError("family.attention", f"must be 0 or a power of two, got {self.attention}")
+        number("ortho_reg", self.ortho_reg)
 
 
-def build_discriminator(m: ModelConfig, d: DataConfig, n_classes: int = 0, options=None) -> Discriminator:
-    return Discriminator(d.channels, d.resolution, m.d_channels, n_classes, m.attention, m.minibatch)
+def build_generator(m: ModelConfig, d: DataConfig, n_classes: int = 0, options: Options | None = None) -> Generator:
+    o = options or Options()
+    if o.attention and not 8 <= o.attention <= d.resolution:
+        raise ConfigError("family.biggan.attention",
+                          f"must be 0 or in [8, data.resolution={d.resolution}], got {o.attention}")
+    return Generator(LatentSpec(m.z_dim, n_classes), d.channels, d.resolution, m.g_channels, o.embed_dim, o.attention)
+
+
+def build_discriminator(m: ModelConfig, d: DataConfig, n_classes: int = 0,
+                        options: Options | None = None) -> Discriminator:
+    o = options or Options()
+    return Discriminator(d.channels, d.resolution, m.d_channels, n_classes, o.attention, m.minibatch)

@@ -10,13 +10,58 @@ wgan_gp (layer-normalised critic) and infogan (codes in z, Q head on D): see gan
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from gan_core.config import DataConfig, ModelConfig
+from gan_core.config import ConfigError, DataConfig, ModelConfig
 from gan_core.latent import LatentSpec
 from gan_core.layers import DHead
+from gan_core.options import integer, number
+
+
+# ---- the settings of the families built from these networks (params `family: {<name>: {...}}`) ----
+@dataclass(frozen=True)
+class ConditionalOptions:
+    """cgan."""
+    embed_dim: int = 32  # class embedding concatenated to z
+
+    def __post_init__(self):
+        integer("embed_dim", self.embed_dim, 1)
+
+
+@dataclass(frozen=True)
+class ClipOptions:
+    """wgan: the critic's parameters are clamped to [-clip, clip] after every update (the paper's 0.01)."""
+    clip: float = 0.01
+
+    def __post_init__(self):
+        number("clip", self.clip)
+
+
+@dataclass(frozen=True)
+class PenaltyOptions:
+    """wgan_gp: weight of the gradient penalty on interpolates (the paper's 10)."""
+    gp_lambda: float = 10.0
+
+    def __post_init__(self):
+        number("gp_lambda", self.gp_lambda)
+
+
+@dataclass(frozen=True)
+class InfoOptions:
+    """infogan: the codes G is given and Q reads back, and the mutual-information weight."""
+    code_cat: int = 10  # categories of the categorical code (0: none)
+    code_cont: int = 2  # continuous codes, uniform in [-1, 1]
+    info_lambda: float = 1.0
+
+    def __post_init__(self):
+        integer("code_cat", self.code_cat)
+        integer("code_cont", self.code_cont)
+        if self.code_cat + self.code_cont == 0:
+            raise ConfigError("family.code_cat", "infogan needs at least one code (code_cat or code_cont > 0)")
+        number("info_lambda", self.info_lambda)
 
 MAX_WIDTH = 512
 
@@ -98,7 +143,8 @@ class Discriminator(nn.Module):
 
 
 def build_generator(m: ModelConfig, d: DataConfig, n_classes: int = 0, options=None) -> Generator:
-    return Generator(LatentSpec(m.z_dim, n_classes), d.channels, d.resolution, m.g_channels, m.embed_dim)
+    embed = getattr(options, "embed_dim", ConditionalOptions.embed_dim)  # used only when n_classes > 0 (cgan)
+    return Generator(LatentSpec(m.z_dim, n_classes), d.channels, d.resolution, m.g_channels, embed)
 
 
 def build_discriminator(m: ModelConfig, d: DataConfig, n_classes: int = 0, options=None) -> Discriminator:
@@ -120,11 +166,13 @@ def build_critic(m: ModelConfig, d: DataConfig, n_classes: int = 0, options=None
 
 
 def build_info_generator(m: ModelConfig, d: DataConfig, n_classes: int = 0, options=None) -> Generator:
-    return Generator(LatentSpec(m.z_dim, 0, m.code_cat, m.code_cont), d.channels, d.resolution, m.g_channels)
+    o = options or InfoOptions()
+    return Generator(LatentSpec(m.z_dim, 0, o.code_cat, o.code_cont), d.channels, d.resolution, m.g_channels)
 
 
 def build_info_discriminator(m: ModelConfig, d: DataConfig, n_classes: int = 0, options=None) -> Discriminator:
     """D with InfoGAN's Q head on the same conv body (Chen et al. 2016: Q shares all of D's layers
     but the last), predicting the categorical code's logits and the continuous codes' means."""
+    o = options or InfoOptions()
     return Discriminator(d.channels, d.resolution, m.d_channels, minibatch=m.minibatch,
-                         code_cat=m.code_cat, code_cont=m.code_cont)
+                         code_cat=o.code_cat, code_cont=o.code_cont)
