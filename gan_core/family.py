@@ -81,8 +81,12 @@ class Family:
     # False: the step reads one batch (or merges its batches into one) and n_critic must be 1
     multi_critic: bool = True
     # the networks use different layers at different steps (growing resolutions): DDP must expect
-    # parameters without gradients
-    dynamic_graph: bool = False
+    # parameters without gradients. A bool, or a function of the family's options (stylegan grows
+    # only when asked, and DDP's search for unused parameters costs every backward)
+    dynamic_graph: bool | Callable[[Any], bool] = False
+
+    def grows(self, options: Any) -> bool:
+        return bool(self.dynamic_graph(options) if callable(self.dynamic_graph) else self.dynamic_graph)
 
     def __post_init__(self):
         if self.dataset_kind not in DATASET_KINDS:

@@ -112,7 +112,7 @@ def distribute(state: TrainState, world: int) -> TrainState:
         warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
         # a growing family leaves the layers of resolutions it has not reached without gradients,
         # which DDP must be told to expect (it then checks every backward for unused parameters)
-        unused = state.family.dynamic_graph
+        unused = state.family.grows(state.options)
         state.G = DDP(state.G, device_ids=ids, broadcast_buffers=False, find_unused_parameters=unused)
         state.D = DDP(state.D, device_ids=ids, broadcast_buffers=False, find_unused_parameters=unused)
     state.world = world
@@ -147,6 +147,8 @@ def train(state: TrainState, batches: Iterator, cfg: PipelineConfig,
     `batches` must start at batch_position(state.step); each step takes schedule(cfg).batches(step)."""
     t, callbacks, plan = cfg.train, list(callbacks), schedule(cfg)
     sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}  # steps that reported each key: a lazy term (R1 every 16) is averaged
+    # over the steps it ran, not diluted by the steps between
     n, imgs, t0, paused = 0, 0, time.perf_counter(), 0.0
     batches = iter(batches)
     for batch in batches:
@@ -163,18 +165,18 @@ def train(state: TrainState, batches: Iterator, cfg: PipelineConfig,
         ema_update(state.G_ema, unwrap(state.G), decay)
         # ---- metrics, averaged over the log window -----------------------------------------
         for k, v in out.items():
-            sums[k] = sums.get(k, 0.0) + v
+            sums[k], counts[k] = sums.get(k, 0.0) + v, counts.get(k, 0) + 1
         n, imgs = n + 1, imgs + batch_images
         last = state.step == t.steps
         if state.step % t.log_every == 0 or last:
             if state.device.type == "cuda":
                 torch.cuda.synchronize(state.device)
             elapsed = time.perf_counter() - t0 - paused  # checkpoint time is not throughput
-            metrics = {k: float(v) / n for k, v in sums.items()}
+            metrics = {k: float(v) / counts[k] for k, v in sums.items()}
             metrics["images_per_s"] = imgs / elapsed if elapsed > 0 else 0.0
             for cb in callbacks:
                 cb.on_log(state, metrics)
-            sums, n, imgs, t0, paused = {}, 0, 0, time.perf_counter(), 0.0
+            sums, counts, n, imgs, t0, paused = {}, {}, 0, 0, time.perf_counter(), 0.0
         # ---- checkpoints -------------------------------------------------------------------
         if state.step % t.checkpoint_every == 0 or last:
             tc = time.perf_counter()

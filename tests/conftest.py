@@ -15,9 +15,13 @@ def tiny_config(**sections) -> PipelineConfig:
     """8x8, narrow nets, a few steps: shapes and mechanics, not quality."""
     base = {"data": {"resolution": 8}, "model": {"z_dim": 8, "g_channels": 8, "d_channels": 8},
             "train": {"steps": 4, "batch_size": 8, "num_workers": 1, "log_every": 2, "checkpoint_every": 2},
-            "eval": {"n_fake": 64, "batch_size": 32}}
+            "eval": {"n_fake": 64, "batch_size": 32},
+            "family": {"progan": {"fade_images": 8, "stable_images": 8}, "stylegan": {"mapping_layers": 2}}}
     for k, v in sections.items():
         base.setdefault(k, {}).update(v)
+    # progan starts at the final resolution (growth takes more steps than these tests run: test_progan.py
+    # and test_growth.py cover it)
+    base["family"]["progan"].setdefault("start_resolution", base["data"]["resolution"])
     return PipelineConfig.from_dict(base)
 
 

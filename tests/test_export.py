@@ -23,11 +23,17 @@ def test_exported_generator_matches_the_module(arch, tmp_path):
 
     torch.manual_seed(0)
     cfg = tiny_config(model={"arch": arch})
-    G = build_state(cfg, n_classes=4).G_ema.eval()
+    state = build_state(cfg, n_classes=4)
+    G = state.family.infer(state.G_ema.eval())  # what registration exports
     mlflow.pytorch.save_model(G, str(tmp_path / "m"), **export_args(cfg, G))
     loaded = mlflow.pytorch.load_model(str(tmp_path / "m"))
-    spec = LatentSpec.from_dict(Model.load(str(tmp_path / "m")).metadata["latent"])
+    meta = Model.load(str(tmp_path / "m")).metadata
+    spec = LatentSpec.from_dict(meta["latent"])
     assert spec == G.latent
+    if "style" in meta:  # takes (z, z_mix, psi, crossover): loaded as the CLI loads it
+        from flows.cli_styles import StyleDefaults
+
+        loaded = StyleDefaults(loaded, spec, meta)
     loaded.latent = spec
     for n in (3, 17):  # the batch dimension is dynamic
         expected, got = draw(G, n, seed=5, batch_size=n), draw(loaded, n, seed=5, batch_size=n)
@@ -61,3 +67,32 @@ def test_exported_translator_takes_other_batches_and_sizes(arch, tmp_path):
             expected, got = module(*args), loaded(*args)
         assert got.shape[0] == n and got.shape[-1] == expected.shape[-1] > size - 1
         assert torch.allclose(expected, got, atol=1e-4)
+
+
+def test_an_exported_style_model_keeps_truncation_and_mixing(tmp_path):
+    """The registered stylegan program takes psi and a second latent with its crossover, and gives what
+    the module gives: sampling with --truncation and --mix needs no Python code of the model."""
+    import mlflow.pytorch
+    from mlflow.models import Model
+
+    from flows.cli_styles import StyleDefaults, mixing_grid
+    from flows.register import export_args
+
+    torch.manual_seed(0)
+    cfg = tiny_config(model={"arch": "stylegan"})
+    state = build_state(cfg)
+    with torch.no_grad():
+        state.G_ema.w_avg.normal_()  # a centre away from 0, so truncation visibly moves images
+    S = state.family.infer(state.G_ema.eval())
+    mlflow.pytorch.save_model(S, str(tmp_path / "m"), **export_args(cfg, S))
+    meta = Model.load(str(tmp_path / "m")).metadata
+    assert meta["style"]["num_ws"] == S.G.num_ws and len(meta["style"]["layer_resolutions"]) == S.G.num_ws
+    loaded = StyleDefaults(mlflow.pytorch.load_model(str(tmp_path / "m")), S.latent, meta)
+    eager = StyleDefaults(S, S.latent, meta)
+    z, z2 = torch.randn(5, cfg.model.z_dim), torch.randn(5, cfg.model.z_dim)
+    for psi, cross in ((0.7, S.G.num_ws), (1.0, 2), (0.5, 1)):
+        assert torch.allclose(loaded(z, z2, psi=psi, crossover=cross), eager(z, z2, psi=psi, crossover=cross),
+                              atol=1e-5)
+    assert not torch.allclose(loaded(z, psi=0.5), loaded(z))
+    grid, cols = mixing_grid(loaded, [0, 1], [2, 3, 4], psi=1.0, layers=2)
+    assert grid.shape[0] == (2 + 1) * (3 + 1) and cols == 4

@@ -85,6 +85,24 @@ def test_families_train_under_ddp_on_two_workers(setup, arch):
     assert ckpt["n_classes"] == (10 if arch == "biggan" else 0)  # digits' classes reach a conditional family
 
 
+@pytest.mark.parametrize("arch, family", [
+    ("progan", {"progan": {"start_resolution": 4, "fade_images": 32, "stable_images": 16, "phase_batch": "4:2"}}),
+    ("stylegan", {"stylegan": {"mapping_layers": 2, "r1_every": 2}})])
+def test_growing_and_style_families_train_under_ddp_on_two_workers(setup, arch, family):
+    """A graph that changes with the stage (progan grows 4 -> 8 px, reading two batches a step at 4 px:
+    DDP must expect unused layers) and stylegan's lazy R1 (a double backward through D's plain module
+    inside a DDP step) and style mixing. Both ranks end with the same weights."""
+    s, _, data = setup
+    cfg = tiny_config(data={"resolution": 8}, model={"arch": arch}, family=family,
+                      train={"steps": 4, "batch_size": 16, "num_workers": 2, "log_every": 1, "checkpoint_every": 4})
+    ref = run_training(s, cfg, data["path"], f"ddp-{arch}", None, {})
+    ckpt = load_checkpoint(ref["checkpoint"])
+    assert ckpt["step"] == 4 and ckpt["world"] == 2
+    if arch == "progan":  # 4 px stable (1 step of 2 x 16), 8 px fade (2 steps), then 8 px stable
+        assert ckpt["images_seen"] == 2 * 16 + 3 * 16 and ckpt["extra"]["growth"] == {"resolution": 8, "alpha": 1.0}
+        assert ckpt["sampler"]["position"] == 2 + 3
+
+
 def _mlflow_run(s, name):
     from flows.tracking import client, experiment_id
 

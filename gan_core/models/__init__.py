@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from gan_core.config import ConfigError, ModelConfig
 from gan_core.family import Family, Gate
-from gan_core.models import biggan, cyclegan, dcgan, pix2pix, srgan, vanilla
+from gan_core.models import biggan, cyclegan, dcgan, pix2pix, progan, srgan, stylegan, vanilla
 from gan_core.steps import adversarial_step, clipped_step, info_step, ortho_step, penalty_step
 
 # The critics' optimisers as their papers give them (their clip 0.01 and lambda 10 are the defaults of
@@ -66,6 +66,18 @@ ARCHS: dict[str, Family] = {
                   "(Brock 2019)",
         "labelled", biggan.build_generator, biggan.build_discriminator, ("hinge", "nonsat"), ortho_step,
         metrics=("fid", "class_acc"), defaults=BIGGAN, options=biggan.Options),
+    "progan": Family(
+        "progan", "progressive growing 4 px -> data.resolution with fade-in, pixel norm, equalised learning rate, "
+                  "mini-batch stddev map, WGAN-GP + drift (Karras 2018)",
+        "unconditional", progan.build_generator, progan.build_discriminator, ("wasserstein",), progan.step,
+        defaults=progan.DEFAULTS, options=progan.Options, check=progan.check, schedule=progan.schedule,
+        multi_critic=False, dynamic_graph=True),
+    "stylegan": Family(
+        "stylegan", "mapping network, learned constant, per-layer styles (v1 AdaIN / v2 modulated convs), noise "
+                    "inputs, style mixing, truncation, lazy R1 (Karras 2019, 2020)",
+        "unconditional", stylegan.build_generator, stylegan.build_discriminator, ("nonsat",), stylegan.step,
+        defaults=stylegan.DEFAULTS, options=stylegan.Options, check=stylegan.check, schedule=stylegan.schedule,
+        infer=stylegan.sampler, multi_critic=False, dynamic_graph=stylegan.grows),
     "pix2pix": Family(
         "pix2pix", "U-Net G with skips and dropout, PatchGAN D on (input, output) pairs, cGAN + 100 L1 (Isola 2017)",
         "paired", pix2pix.build_generator, pix2pix.build_discriminator, ("nonsat",), pix2pix.step, multi_critic=False,

@@ -1,0 +1,646 @@
+"""StyleGAN (Karras et al. 2019, "v1") and StyleGAN2 (Karras et al. 2020, "v2"), scaled to small images.
+
+G = mapping + synthesis. Mapping: PixelNorm(z), then `mapping_layers` EqualLinear(lr_mul 0.01) +
+LeakyReLU(0.2) -> w (B, w_dim). Synthesis starts from a learned 4x4 constant and has two layers per
+resolution 4, 8, ..., R; every layer reads its own style vector ws[:, k], so G.num_ws = 2 * (number
+of resolutions) for both versions (18 at 1024 px, as the papers):
+  v1: conv3x3 (nearest 2x upsampling first in a block's first layer), per-pixel noise, bias, lrelu,
+      AdaIN (instance norm, then a per-channel scale 1 + s and shift b from w). The 4x4 block's first
+      layer is the constant itself (noise + AdaIN, no conv; the constant starts N(0, 1), not ones: see
+      Synthesis). One linear toRGB at R; with `growth`, one
+      per resolution and ProGAN's fade (gan_core.growth drives the stage).
+  v2: modulated 3x3 conv (weights scaled per input channel by the style, then demodulated to unit
+      output norm, which replaces AdaIN's instance norm and its droplet artefacts), noise, bias,
+      lrelu * sqrt(2); one conv at 4x4, two per higher resolution; skip architecture: a modulated 1x1
+      toRGB per resolution whose images are summed after bilinear 2x upsampling. toRGB at a
+      resolution reads the style of the next block's first layer (index 2i + 1), as the official code.
+Noise: per layer a (1, 1, r, r) noise map times a learned per-channel strength (init 0, so noise
+starts without effect and G learns how much stochastic detail each layer gets). "random" draws
+fresh noise per forward (training), "const" uses a buffer fixed at construction (saved with the
+weights): evaluation, sampling and export are deterministic for a given z.
+Output is linear (no tanh), as the official code; the pipeline clamps when it writes images.
+
+D: fromRGB 1x1, blocks conv3x3-conv3x3-avgpool down to 4x4 (v2: residual, skip 1x1 conv, sum / sqrt
+2), then StddevMap, conv3x3, dense 16C -> C, dense C -> 1. v1 with growth gets a fromRGB per
+resolution and the fade of gan_core.models' growing contract.
+
+Left out for small images: the blur (FIR) filters around resampling, conv clamping, the lazy
+regularisation's lr/beta correction (mb_ratio): the Terms add weight * every * loss instead, which
+is the same expected gradient.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gan_core.config import ConfigError, DataConfig, ModelConfig
+from gan_core.equalized import EqualConv2d, EqualLinear, PixelNorm, StddevMap
+from gan_core.growth import Fixed, Growth, parse_phase_batch
+from gan_core.latent import LatentSpec
+from gan_core.models.progan import stage_reals
+from gan_core.phases import Ctx, Phase, Step, Term, unwrap
+from gan_core.steps import images
+
+if TYPE_CHECKING:
+    from gan_core.config import PipelineConfig
+
+# The family's defaults (for gan_core.models.ARCHS): StyleGAN2(-ADA)'s non-saturating loss and
+# Adam(2.5e-3, betas (0, 0.99)); widths 32 for CPU runs at 16 px, as progan's.
+DEFAULTS = {"model": {"loss": "nonsat", "g_channels": 32, "d_channels": 32},
+            "train": {"lr_g": 2.5e-3, "lr_d": 2.5e-3, "beta1": 0.0, "beta2": 0.99}}
+VERSIONS = ("v1", "v2")
+NOISE_MODES = ("random", "const")
+MAX_WIDTH = 512
+SQRT2 = math.sqrt(2)
+
+
+@dataclass(frozen=True)
+class Options:
+    """stylegan's settings (params `family: {stylegan: {...}}`)."""
+    version: str = "v2"  # v1: AdaIN (StyleGAN); v2: weight (de)modulation, skip G, residual D (StyleGAN2)
+    w_dim: int = 0  # 0: model.z_dim
+    mapping_layers: int = 8
+    mapping_lr_mul: float = 0.01  # the mapping learns 100x slower: w must stay a stable input for synthesis
+    mixing_prob: float = 0.9  # share of training samples whose styles switch to a second z at a random layer
+    # R1 weight. StyleGAN2-ADA's heuristic 0.0002 * R^2 / batch gives 0.0008 at 16 px, batch 64, and its
+    # CIFAR-10 (32 px) config uses 0.01; 0.01 here: small datasets (digits: 1797 images) let D overfit
+    # sooner, which a stronger R1 slows, and the penalty's size scales with the pixel count (R^2).
+    r1_gamma: float = 0.01
+    r1_every: int = 16  # lazy regularisation: R1 every 16 D steps, weighted x16 (StyleGAN2 sec. 3.1)
+    pl_weight: float = 0.0  # path-length regularisation of G (StyleGAN2: 2); off by default
+    pl_every: int = 4
+    pl_decay: float = 0.01  # the running mean of path lengths moves 1% per evaluation
+    w_avg_beta: float = 0.995  # G.w_avg <- lerp(batch mean of w, w_avg, beta): the truncation centre
+    growth: bool = False  # v1 only: progressive growing with progan's schedule (gan_core.growth)
+    start_resolution: int = 4
+    # 24k images per fade and per stable stage: 4 -> 16 px (stable 4, fade 8, stable 8, fade 16) takes
+    # 96k images = 1500 steps at batch 64, half of the default 3000, as progan's defaults
+    fade_images: int = 24_000
+    stable_images: int = 24_000
+    phase_batch: str = ""  # "4:4,8:2": resolution:multiplier of train.batch_size while at that stage
+
+    def __post_init__(self):
+        if self.version not in VERSIONS:
+            raise ConfigError("family.version", f"must be one of {VERSIONS}, got {self.version!r}")
+        _int("w_dim", self.w_dim, 0)
+        _int("mapping_layers", self.mapping_layers, 1)
+        for name in ("r1_every", "pl_every", "fade_images", "stable_images"):
+            _int(name, getattr(self, name), 1)
+        _int("start_resolution", self.start_resolution, 4)
+        if self.start_resolution & (self.start_resolution - 1):
+            raise ConfigError("family.start_resolution", f"must be a power of two, got {self.start_resolution}")
+        _number("mapping_lr_mul", self.mapping_lr_mul, 0, None, low_open=True)
+        _number("mixing_prob", self.mixing_prob, 0, 1)
+        _number("r1_gamma", self.r1_gamma, 0, None)
+        _number("pl_weight", self.pl_weight, 0, None)
+        _number("pl_decay", self.pl_decay, 0, 1, low_open=True)
+        _number("w_avg_beta", self.w_avg_beta, 0, 1)
+        if not isinstance(self.growth, bool):
+            raise ConfigError("family.growth", f"must be true or false, got {self.growth!r}")
+        if self.growth and self.version != "v1":
+            raise ConfigError("family.growth", "progressive growing is StyleGAN v1's; v2 trains at full "
+                                               "resolution (set version: v1 or growth: false)")
+        if not isinstance(self.phase_batch, str):
+            raise ConfigError("family.phase_batch", f"must be a string like '4:4,8:2', got {self.phase_batch!r}")
+        for r in self.batch:
+            if r < self.start_resolution:
+                raise ConfigError("family.phase_batch", f"resolution {r} is below start_resolution "
+                                                        f"{self.start_resolution}: no stage trains there")
+
+    @property
+    def batch(self) -> dict[int, int]:
+        """resolution -> multiplier of train.batch_size (powers of two >= 4, multipliers >= 1)."""
+        return parse_phase_batch(self.phase_batch, "family.phase_batch")
+
+
+def _int(name: str, v, low: int) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        raise ConfigError(f"family.{name}", f"must be an integer >= {low}, got {v!r}")
+
+
+def _number(name: str, v, low: float, high: float | None, low_open: bool = False) -> None:
+    ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+    ok = ok and (v > low if low_open else v >= low) and (high is None or v <= high)
+    if not ok:
+        top = f"{high}]" if high is not None else "inf)"
+        span = f"{'(' if low_open else '['}{low}, {top}"
+        raise ConfigError(f"family.{name}", f"must be a number in {span}, got {v!r}")
+
+
+def _options(options) -> Options:
+    return options if options is not None else Options()
+
+
+def resolutions(final: int) -> list[int]:
+    """4, 8, ..., final."""
+    return [2 ** i for i in range(2, int(math.log2(final)) + 1)]
+
+
+def width(base: int, resolution: int, final: int) -> int:
+    """`base` channels at the final resolution, doubling per halving, capped at MAX_WIDTH."""
+    return min(base * (final // resolution), MAX_WIDTH)
+
+
+def up2(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2, mode="nearest")
+
+
+# ---- style plumbing ---------------------------------------------------------------------------------
+def truncate(w: torch.Tensor, w_avg: torch.Tensor, psi) -> torch.Tensor:
+    """w_avg + psi (w - w_avg): psi < 1 trades variety for typical, better-drawn samples; psi = 0 gives
+    the average image for every z. psi a float or a (B, 1) tensor."""
+    return w_avg.lerp(w, psi) if isinstance(psi, float) else w_avg + psi * (w - w_avg)
+
+
+def mix(ws: torch.Tensor, ws2: torch.Tensor, crossover: torch.Tensor) -> torch.Tensor:
+    """Style mixing: layer k of sample b reads ws2 where k >= crossover[b] (num_ws: no mixing).
+    ws, ws2 (B, num_ws, w_dim); crossover (B,) int64. torch.where, no data-dependent Python, so it
+    exports."""
+    layer = torch.arange(ws.shape[1], device=ws.device)[None, :, None]
+    return torch.where(layer >= crossover[:, None, None], ws2, ws)
+
+
+class Mapping(nn.Module):
+    """z (B, z_dim) -> w (B, w_dim): PixelNorm, then `layers` x (EqualLinear(lr_mul), LeakyReLU(0.2))."""
+
+    def __init__(self, z_dim: int, w_dim: int, layers: int, lr_mul: float):
+        super().__init__()
+        dims = [z_dim] + [w_dim] * layers
+        body: list[nn.Module] = [PixelNorm()]
+        for a, b in zip(dims[:-1], dims[1:]):
+            body += [EqualLinear(a, b, lr_mul=lr_mul), nn.LeakyReLU(0.2)]
+        self.net = nn.Sequential(*body)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class NoiseInput(nn.Module):
+    """x + strength * noise: one (r, r) Gaussian map per sample, scaled per channel (strength init 0)."""
+
+    def __init__(self, channels: int, resolution: int):
+        super().__init__()
+        self.strength = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.register_buffer("const", torch.randn(1, 1, resolution, resolution))
+
+    def forward(self, x: torch.Tensor, mode: str) -> torch.Tensor:
+        if mode == "random":
+            noise = torch.randn(x.shape[0], 1, x.shape[2], x.shape[3], device=x.device, dtype=x.dtype)
+        else:
+            noise = self.const.to(x.dtype)
+        return x + self.strength * noise
+
+
+# ---- v1: AdaIN --------------------------------------------------------------------------------------
+class AdaIN(nn.Module):
+    """Instance-normalise each channel, then scale by 1 + s and shift by b, (s, b) = affine(w):
+    the style sets every channel's mean and spread, and nothing of the previous style survives."""
+
+    def __init__(self, channels: int, w_dim: int):
+        super().__init__()
+        self.affine = EqualLinear(w_dim, 2 * channels, gain=1.0)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        x = x - x.mean(dim=(2, 3), keepdim=True)
+        x = x * torch.rsqrt(x.pow(2).mean(dim=(2, 3), keepdim=True) + 1e-8)
+        s, b = self.affine(w)[:, :, None, None].chunk(2, dim=1)
+        return x * (1 + s) + b
+
+
+class LayerV1(nn.Module):
+    """[up2] [conv3x3] -> noise -> bias -> lrelu -> AdaIN(w). Without conv: the 4x4 constant's layer."""
+
+    def __init__(self, cin: int, cout: int, w_dim: int, resolution: int, conv: bool = True, up: bool = False):
+        super().__init__()
+        self.up = up
+        self.conv = EqualConv2d(cin, cout, 3, bias=False) if conv else None
+        self.noise = NoiseInput(cout, resolution)
+        self.bias = nn.Parameter(torch.zeros(1, cout, 1, 1))
+        self.adain = AdaIN(cout, w_dim)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str) -> torch.Tensor:
+        if self.up:
+            x = up2(x)
+        if self.conv is not None:
+            x = self.conv(x)
+        return self.adain(F.leaky_relu(self.noise(x, noise_mode) + self.bias, 0.2), w)
+
+
+# ---- v2: weight modulation / demodulation -------------------------------------------------------------
+class ModulatedConv(nn.Module):
+    """k x k conv whose weight is scaled per sample and input channel by s = affine(w) (bias init 1:
+    starts as a plain conv); with demodulation each output channel's weights are rescaled to unit
+    L2 norm, which normalises the expected output statistics without touching the activations.
+
+    Computed as StyleGAN2's non-fused path: scale the input channels by s, one shared conv, then scale
+    each output channel by its demodulation coefficient. The same result as a per-sample weight in a
+    grouped conv, which on CPU measured several times slower (groups = batch)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, w_dim: int, demodulate: bool = True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(cout, cin, kernel, kernel))
+        self.affine = EqualLinear(w_dim, cin, bias_init=1.0, gain=1.0)
+        self.scale, self.padding, self.demodulate = 1 / math.sqrt(cin * kernel * kernel), kernel // 2, demodulate
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        s = self.affine(w)  # (B, cin)
+        weight = self.weight * self.scale  # (cout, cin, k, k)
+        out = F.conv2d(x * s[:, :, None, None], weight, padding=self.padding)
+        if self.demodulate:  # 1 / ||weight * s||_2 per sample and output channel: (B, cout)
+            d = torch.rsqrt(s.pow(2) @ weight.pow(2).sum(dim=(2, 3)).t() + 1e-8)
+            out = out * d[:, :, None, None]
+        return out
+
+
+class LayerV2(nn.Module):
+    """[up2] -> modulated conv3x3 -> noise -> bias -> lrelu * sqrt(2) (the gain keeps unit variance)."""
+
+    def __init__(self, cin: int, cout: int, w_dim: int, resolution: int, up: bool = False):
+        super().__init__()
+        self.up = up
+        self.conv = ModulatedConv(cin, cout, 3, w_dim)
+        self.noise = NoiseInput(cout, resolution)
+        self.bias = nn.Parameter(torch.zeros(1, cout, 1, 1))
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str) -> torch.Tensor:
+        x = self.conv(up2(x) if self.up else x, w)
+        return F.leaky_relu(self.noise(x, noise_mode) + self.bias, 0.2) * SQRT2
+
+
+class ToRGBV2(nn.Module):
+    """Modulated 1x1 conv without demodulation, plus bias: the style also colours the image."""
+
+    def __init__(self, cin: int, channels: int, w_dim: int):
+        super().__init__()
+        self.conv = ModulatedConv(cin, channels, 1, w_dim, demodulate=False)
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return self.conv(x, w) + self.bias
+
+
+# ---- the growing stage (v1 with growth) ------------------------------------------------------------------
+class Staged(nn.Module):
+    """A network with a growth stage: plain attributes (no tensors, so no host sync per forward)
+    that travel in state_dict through get/set_extra_state. Built at full resolution, alpha 1."""
+
+    def init_stage(self, final: int) -> None:
+        self.final, self.stage_resolution, self.alpha = final, final, 1.0
+
+    def set_stage(self, resolution: int, alpha: float) -> None:
+        if resolution not in resolutions(self.final) or not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"stage ({resolution}, {alpha}): resolution must be in {resolutions(self.final)}, "
+                             "alpha in [0, 1]")
+        self.stage_resolution, self.alpha = int(resolution), float(alpha)
+
+    def get_extra_state(self) -> dict:
+        return {"resolution": self.stage_resolution, "alpha": self.alpha}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.set_stage(state["resolution"], state["alpha"])
+
+
+# ---- generator ---------------------------------------------------------------------------------------
+class Synthesis(Staged):
+    """ws (B, num_ws, w_dim) -> images (B, C, R, R); at a growth stage below R, the stage's image
+    upsampled (nearest) to R."""
+
+    def __init__(self, version: str, w_dim: int, channels: int, final: int, base: int, growth: bool = False):
+        super().__init__()
+        self.init_stage(final)
+        self.version, self.growth = version, growth
+        self.res = resolutions(final)
+        ch = [width(base, r, final) for r in self.res]
+        self.num_ws = 2 * len(self.res)
+        v1 = version == "v1"
+        # N(0, 1) for both versions (StyleGAN2's). StyleGAN's ones make the first layer's instance norm
+        # divide a zero-variance map, so the first nonzero noise strength becomes that layer's whole
+        # signal (measured at init, strength 0.02: image change by noise / by z 0.71-0.92 with ones,
+        # 0.03-0.06 with N(0, 1)).
+        self.const = nn.Parameter(torch.randn(1, ch[0], 4, 4))
+        blocks = []
+        for i, r in enumerate(self.res):
+            if v1:
+                first = (LayerV1(ch[0], ch[0], w_dim, r, conv=False) if i == 0
+                         else LayerV1(ch[i - 1], ch[i], w_dim, r, up=True))
+                blocks.append(nn.ModuleList([first, LayerV1(ch[i], ch[i], w_dim, r)]))
+            else:
+                layers = [LayerV2(ch[i - 1], ch[i], w_dim, r, up=True)] if i > 0 else []
+                blocks.append(nn.ModuleList(layers + [LayerV2(ch[i], ch[i], w_dim, r)]))
+        self.blocks = nn.ModuleList(blocks)
+        if v1:  # linear 1x1, gain 1; one per resolution only when growing (unused modules upset DDP)
+            rgb_at = self.res if growth else self.res[-1:]
+            self.to_rgb = nn.ModuleDict({str(r): EqualConv2d(ch[self.res.index(r)], channels, 1, gain=1.0)
+                                         for r in rgb_at})
+        else:
+            self.to_rgb = nn.ModuleDict({str(r): ToRGBV2(c, channels, w_dim) for r, c in zip(self.res, ch)})
+
+    def style_resolutions(self) -> list[int]:
+        """The resolution each style index drives: v1 two layers per resolution; v2 one layer at 4 px,
+        then (toRGB of the previous resolution + first layer, second layer) per resolution, so index
+        2i + 1 is shared by the toRGB at res[i] and the first layer at res[i + 1], counted at the latter."""
+        if self.version == "v1":
+            return [r for r in self.res for _ in range(2)]
+        return [self.res[0]] + [self.res[min((k + 1) // 2, len(self.res) - 1)] for k in range(1, self.num_ws)]
+
+    def forward(self, ws: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
+        if noise_mode not in NOISE_MODES:
+            raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
+        x = self.const.expand(ws.shape[0], -1, -1, -1)
+        last = self.res.index(self.stage_resolution)
+        k, rgb, prev = 0, None, None
+        for i in range(last + 1):
+            prev = x
+            for layer in self.blocks[i]:
+                x, k = layer(x, ws[:, k], noise_mode), k + 1
+            if self.version == "v2":  # skip G: every resolution adds its detail to the upsampled image
+                r = self.to_rgb[str(self.res[i])](x, ws[:, 2 * i + 1])
+                rgb = r if rgb is None else r + F.interpolate(rgb, scale_factor=2, mode="bilinear", align_corners=False)
+        if self.version == "v1":
+            rgb = self.to_rgb[str(self.res[last])](x)
+            if self.alpha < 1.0 and last > 0:  # fade: the previous stage's image, upsampled, fades out
+                rgb = self.alpha * rgb + (1 - self.alpha) * up2(self.to_rgb[str(self.res[last - 1])](prev))
+        scale = self.final // self.res[last]
+        return rgb if scale == 1 else F.interpolate(rgb, scale_factor=scale, mode="nearest")
+
+
+class Generator(Staged):
+    """G(z) -> (B, C, R, R) images, roughly in [-1, 1]. Training mode: fresh noise, style mixing
+    with probability mixing_prob, w_avg tracked. Eval mode: const noise, no mixing: deterministic."""
+
+    def __init__(self, latent: LatentSpec, channels: int, resolution: int, base: int, o: Options):
+        super().__init__()
+        self.init_stage(resolution)
+        self.latent, self.resolution = latent, resolution
+        w_dim = o.w_dim or latent.z_dim
+        self.mapping = Mapping(latent.z_dim, w_dim, o.mapping_layers, o.mapping_lr_mul)
+        self.synthesis = Synthesis(o.version, w_dim, channels, resolution, base, o.growth)
+        self.num_ws, self.w_dim = self.synthesis.num_ws, w_dim
+        self.mixing_prob, self.w_avg_beta = o.mixing_prob, o.w_avg_beta
+        self.register_buffer("w_avg", torch.zeros(w_dim))  # the truncation centre
+        self.register_buffer("pl_mean", torch.zeros(()))  # running mean of path lengths (v2's PL term)
+
+    def set_stage(self, resolution: int, alpha: float) -> None:
+        super().set_stage(resolution, alpha)
+        self.synthesis.set_stage(resolution, alpha)
+
+    def broadcast(self, w: torch.Tensor) -> torch.Tensor:
+        return w[:, None].expand(-1, self.num_ws, -1)  # (B, num_ws, w_dim)
+
+    def styles(self, z: torch.Tensor, psi: float = 1.0, track: bool = False) -> torch.Tensor:
+        """z (B, z_dim) -> ws (B, num_ws, w_dim): mapped, tracked into w_avg (`track`, training),
+        truncated, and in training mixed with a second z from the global RNG."""
+        w = self.mapping(z)
+        if track and self.training:
+            with torch.no_grad():
+                self.w_avg.copy_(w.detach().mean(0).float().lerp(self.w_avg, self.w_avg_beta))
+        ws = self.broadcast(truncate(w, self.w_avg, psi) if psi != 1.0 else w)
+        if self.training and self.mixing_prob > 0:
+            b = z.shape[0]
+            cut = torch.randint(1, self.num_ws, (b,), device=z.device)  # at least one layer from each z
+            cut = torch.where(torch.rand(b, device=z.device) < self.mixing_prob, cut, torch.full_like(cut, self.num_ws))
+            ws = mix(ws, self.broadcast(self.mapping(torch.randn_like(z))), cut)
+        return ws
+
+    def forward(self, z: torch.Tensor, psi: float = 1.0) -> torch.Tensor:
+        mode = "random" if self.training else "const"
+        return self.synthesis(self.styles(z, psi, track=True), mode)
+
+
+class Sampler(nn.Module):
+    """What is evaluated, sampled and exported: (z (B, Z), z_mix (B, Z), psi (B,) float,
+    crossover (B,) int64) -> images. Both latents mapped and truncated by psi; style k reads z_mix's
+    w where k >= crossover (num_ws: z alone). Const noise: deterministic. Called with z alone (as
+    evaluation calls every generator) it is G in eval mode: no truncation, no mixing. Wraps G, owns
+    nothing. The exported program takes all four inputs; its metadata (`style`) says how many styles
+    there are and which resolution each drives, for `ganpipe sample --truncation/--mix`."""
+
+    def __init__(self, G: Generator):
+        super().__init__()
+        self.G = G
+        self.latent = G.latent
+
+    def forward(self, z: torch.Tensor, z_mix: torch.Tensor | None = None, psi: torch.Tensor | None = None,
+                crossover: torch.Tensor | None = None) -> torch.Tensor:
+        G = self.G
+        w = G.mapping(z)
+        if psi is not None:
+            w = truncate(w, G.w_avg, psi[:, None])
+        ws = G.broadcast(w)
+        if z_mix is not None:
+            w_mix = G.mapping(z_mix)
+            w_mix = truncate(w_mix, G.w_avg, psi[:, None]) if psi is not None else w_mix
+            n = z.shape[0]
+            cross = crossover if crossover is not None else torch.full((n,), G.num_ws, device=z.device)
+            ws = mix(ws, G.broadcast(w_mix), cross)
+        # clamped as images are shown (and as the official metrics quantise them): an FID of the linear
+        # output would score overshoots no reader of the images ever sees
+        return G.synthesis(ws, "const").clamp(-1, 1)
+
+    def export_inputs(self, n: int) -> list[tuple]:
+        """(name, example, dynamic shape) of the exported program's inputs: n seeded latents, a second
+        set for mixing, psi in [0.5, 1], crossovers over every style index (num_ws: no mixing)."""
+        g = torch.Generator().manual_seed(0)
+        z = self.latent.sample(n, generator=g).z.numpy()
+        z_mix = self.latent.sample(n, generator=g).z.numpy()
+        psi = (0.5 + 0.5 * torch.rand(n, generator=g)).numpy()
+        cross = (torch.arange(n) % (self.G.num_ws + 1)).numpy()
+        return [("z", z, (-1, z.shape[1])), ("z_mix", z_mix, (-1, z.shape[1])), ("psi", psi, (-1,)),
+                ("crossover", cross, (-1,))]
+
+    def export_meta(self) -> dict:
+        return {"style": {"num_ws": self.G.num_ws, "layer_resolutions": self.G.synthesis.style_resolutions(),
+                          "inputs": ["z", "z_mix", "psi", "crossover"]}}
+
+
+def sampler(G: nn.Module) -> Sampler:
+    """Family.infer: the sampler around G (or G_ema)."""
+    return Sampler(unwrap(G))
+
+
+# ---- discriminator -------------------------------------------------------------------------------------
+class DBlock(nn.Module):
+    """conv3x3 -> lrelu -> conv3x3 -> lrelu -> avgpool 2; residual (v2): + avgpool(1x1 conv(x)), the
+    sum / sqrt(2) so the variance does not double per block."""
+
+    def __init__(self, cin: int, cout: int, residual: bool):
+        super().__init__()
+        self.conv1, self.conv2 = EqualConv2d(cin, cin, 3), EqualConv2d(cin, cout, 3)
+        self.skip = EqualConv2d(cin, cout, 1, bias=False, gain=1.0) if residual else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.avg_pool2d(F.leaky_relu(self.conv2(F.leaky_relu(self.conv1(x), 0.2)), 0.2), 2)
+        if self.skip is not None:
+            h = (h + F.avg_pool2d(self.skip(x), 2)) / SQRT2
+        return h
+
+
+class Discriminator(Staged):
+    """(B, C, R, R) -> logits (B,). At a growth stage r < R the input is average-pooled to r; during a
+    fade h = alpha * block_r(fromRGB_r(x_r)) + (1 - alpha) * fromRGB_{r/2}(avgpool(x_r))."""
+
+    def __init__(self, channels: int, final: int, base: int, residual: bool, growth: bool = False):
+        super().__init__()
+        self.init_stage(final)
+        self.res = resolutions(final)
+        ch = {r: width(base, r, final) for r in self.res}
+        rgb_at = self.res if growth else [final]
+        self.from_rgb = nn.ModuleDict({str(r): EqualConv2d(channels, ch[r], 1) for r in rgb_at})
+        self.blocks = nn.ModuleDict({str(r): DBlock(ch[r], ch[r // 2], residual) for r in self.res[1:]})
+        c4 = ch[4]
+        self.stddev, self.conv = StddevMap(4), EqualConv2d(c4 + 1, c4, 3)
+        self.fc, self.out = EqualLinear(16 * c4, c4), EqualLinear(c4, 1, gain=1.0)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:  # y: unconditional, unused
+        r = self.stage_resolution
+        if r < self.final:
+            x = F.avg_pool2d(x, self.final // r)
+        h = F.leaky_relu(self.from_rgb[str(r)](x), 0.2)
+        if r > 4:
+            h = self.blocks[str(r)](h)
+            if self.alpha < 1.0:  # fade: the previous stage's input path fades out
+                low = F.leaky_relu(self.from_rgb[str(r // 2)](F.avg_pool2d(x, 2)), 0.2)
+                h = self.alpha * h + (1 - self.alpha) * low
+            for res in reversed(self.res[1:self.res.index(r)]):
+                h = self.blocks[str(res)](h)
+        h = F.leaky_relu(self.conv(self.stddev(h)), 0.2)
+        h = F.leaky_relu(self.fc(h.flatten(1)), 0.2)
+        return self.out(h).squeeze(1)
+
+
+# ---- builders -------------------------------------------------------------------------------------------
+def build_generator(m: ModelConfig, d: DataConfig, n_classes: int = 0, options: Options | None = None) -> Generator:
+    return Generator(LatentSpec(m.z_dim), d.channels, d.resolution, m.g_channels, _options(options))
+
+
+def build_discriminator(m: ModelConfig, d: DataConfig, n_classes: int = 0,
+                        options: Options | None = None) -> Discriminator:
+    o = _options(options)
+    return Discriminator(d.channels, d.resolution, m.d_channels, residual=o.version == "v2", growth=o.growth)
+
+
+# ---- regularisers -----------------------------------------------------------------------------------------
+def r1_penalty(critic, real: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018): E ||grad_x D(x)||^2 at real x; the caller weights it gamma / 2.
+    Pushes D's surface flat on the data, so G is not chased by gradients that overshoot it."""
+    x = real.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x).sum(), x, create_graph=True)
+    return grad.float().pow(2).sum(dim=(1, 2, 3)).mean()
+
+
+def path_length_penalty(G: Generator, z: torch.Tensor, decay: float) -> torch.Tensor:
+    """StyleGAN2's path-length regularisation: for y ~ N(0, I) / sqrt(H W), the lengths
+    ||J_w^T y|| (J: image Jacobian w.r.t. ws, averaged over layers) are pulled to their running
+    mean G.pl_mean, so a fixed step in w moves the image a fixed amount wherever w is."""
+    ws = G.styles(z)
+    img = G.synthesis(ws, "random")
+    y = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
+    (grad,) = torch.autograd.grad((img * y).sum(), ws, create_graph=True)
+    lengths = grad.float().pow(2).sum(2).mean(1).sqrt()  # (B,)
+    with torch.no_grad():
+        G.pl_mean.copy_(G.pl_mean.lerp(lengths.mean().detach(), decay))
+    return (lengths - G.pl_mean.detach().clone()).pow(2).mean()
+
+
+# ---- schedule and config checks -----------------------------------------------------------------------------
+@lru_cache(maxsize=32)
+def growth(o: Options, final: int, base_batch: int) -> Growth:
+    """v1's growth schedule, progan's (pure in the step: a resumed run recomputes the same stage)."""
+    return Growth(o.start_resolution, final, o.fade_images, o.stable_images, base_batch,
+                  tuple(sorted(o.batch.items())))
+
+
+def schedule(cfg: "PipelineConfig") -> Fixed | Growth:
+    """Family.schedule: one batch per step, or the growth schedule's multiplier of batches."""
+    o = _options(cfg.family)
+    return growth(o, cfg.data.resolution, cfg.train.batch_size) if o.growth else Fixed(1)
+
+
+def grows(options) -> bool:
+    """Family.dynamic_graph: only a growing G and D leave layers without gradients."""
+    return _options(options).growth
+
+
+def check(cfg: "PipelineConfig") -> None:
+    """Growth must fit the data and end inside the run; settings stylegan would silently ignore are
+    refused (its regulariser is R1, its D always has the stddev map)."""
+    o, res = _options(cfg.family), cfg.data.resolution
+    if o.growth:
+        if o.start_resolution > res:
+            raise ConfigError("family.stylegan.start_resolution",
+                              f"{o.start_resolution} is above data.resolution {res}")
+        above = [r for r in o.batch if r > res]
+        if above:
+            raise ConfigError("family.stylegan.phase_batch", f"resolution {above[0]} is above data.resolution {res}")
+        steps = schedule(cfg).growth_steps
+        if steps >= cfg.train.steps:
+            raise ConfigError("family.stylegan.fade_images",
+                              f"growing {o.start_resolution} -> {res} px takes {steps} steps (fade_images="
+                              f"{o.fade_images}, stable_images={o.stable_images}, phase_batch={o.phase_batch!r}, "
+                              f"batch {cfg.train.batch_size}), which must be < train.steps={cfg.train.steps}")
+    if cfg.model.minibatch != "none":
+        raise ConfigError("model.minibatch", f"stylegan's D always ends with the mini-batch stddev map: leave it "
+                                             f"'none', got {cfg.model.minibatch!r}")
+
+
+# ---- the train step: D (non-saturating + lazy R1), then G (non-saturating + lazy path length) -------------
+def prepare(ctx: Ctx) -> None:
+    """With growth, set the step's stage on G, D and G_ema and bring the reals to that stage; merge
+    the step's batches (growth's multiplier) into one real batch ctx.v["real"] (B, C, R, R)."""
+    state, o = ctx.state, _options(ctx.state.options)
+    stage = None
+    if o.growth:
+        G = unwrap(state.G)
+        stage = growth(o, G.resolution, ctx.cfg.batch_size).at(state.step)
+        if len(ctx.batches) != stage.multiplier:
+            raise RuntimeError(f"stylegan: step {state.step} trains at {stage.resolution} px with {stage.multiplier} "
+                               f"batches per step, got {len(ctx.batches)} (the loop must read schedule(cfg).batches)")
+        for net in (G, unwrap(state.D), state.G_ema):
+            net.set_stage(stage.resolution, stage.alpha)
+        state.extra["growth"] = {"resolution": stage.resolution, "alpha": stage.alpha}
+        ctx.out["resolution"] = torch.tensor(float(stage.resolution), device=state.device)
+        ctx.out["alpha"] = torch.tensor(stage.alpha, device=state.device)
+    if len(ctx.batches) > 1:
+        ctx.batches = [{"images": torch.cat([b["images"] for b in ctx.batches])}]
+    real = images(ctx)
+    ctx.v["real"] = real if stage is None else stage_reals(real, stage.resolution, stage.alpha)
+
+
+def _d_loss(ctx: Ctx) -> torch.Tensor:
+    """loss.d(D(real), D(G(z))) through the DDP wrappers; the fake keeps its graph for G's phase."""
+    state, real = ctx.state, ctx.v["real"]
+    z = unwrap(state.G).latent.sample(real.shape[0], device=state.device).z
+    fake = state.G(z)
+    ctx.v["fake"] = fake
+    return state.loss.d(state.D(real), state.D(fake.detach()))
+
+
+def _g_loss(ctx: Ctx) -> torch.Tensor:
+    return ctx.state.loss.g(ctx.d_plain(ctx.v["fake"]))
+
+
+def _pl_term(ctx: Ctx) -> torch.Tensor:
+    """Path length on half the batch (StyleGAN2's pl_batch_shrink 2: the double backward is costly)."""
+    G = ctx.g_plain
+    z = G.latent.sample(max(1, ctx.v["real"].shape[0] // 2), device=ctx.state.device).z
+    return path_length_penalty(G, z, _options(ctx.state.options).pl_decay)
+
+
+@lru_cache(maxsize=8)
+def _step_for(o: Options) -> Step:
+    """The Step for these options: the lazy intervals are the Terms' own, fixed per Step."""
+    r1 = Term("r1", lambda ctx: r1_penalty(ctx.d_plain, ctx.v["real"]), lambda ctx: o.r1_gamma / 2, every=o.r1_every)
+    pl = Term("pl", _pl_term, lambda ctx: o.pl_weight, every=o.pl_every)
+    return Step((Phase("D", _d_loss, terms=(r1,)), Phase("G", _g_loss, terms=(pl,))), prepare=prepare)
+
+
+def step(state, batches: list, cfg) -> dict[str, torch.Tensor]:
+    """Family.step: one D update (non-saturating, R1 every r1_every steps), one G update
+    (non-saturating, path length every pl_every steps when pl_weight > 0), at the growth stage."""
+    return _step_for(_options(state.options))(state, batches, cfg)
