@@ -145,7 +145,15 @@ def sample(model: str = typer.Argument(..., help="models:/NAME@champion, models:
            n: int = typer.Option(64, min=1, max=1024), seed: int = typer.Option(0),
            label: Optional[int] = typer.Option(None, "--class", help="class (cgan, biggan) or categorical code "
                                                                       "(infogan) of every image; default: cycle"),
-           out: Path = typer.Option(Path("samples.png"))):
+           out: Path = typer.Option(Path("samples.png")),
+           truncation: float = typer.Option(1.0, min=0.0, max=2.0, help="style models: pull w toward the "
+                                            "average by psi (0.7: typical, cleaner; 1: off)"),
+           mix: bool = typer.Option(False, "--mix", help="style models: a style-mixing grid (row seeds give the "
+                                    "first --layers styles, column seeds the rest)"),
+           layers: Optional[int] = typer.Option(None, help="with --mix: styles taken from the row seed "
+                                                "(default: those of 8 px and below)"),
+           interpolate: Optional[int] = typer.Option(None, help="style models: a strip from --seed to this seed"),
+           steps: int = typer.Option(8, min=2, max=64, help="images in an --interpolate strip")):
     """Generate an n-image grid from a registered model or a checkpoint file."""
     s = _settings()
     import math
@@ -163,6 +171,18 @@ def sample(model: str = typer.Argument(..., help="models:/NAME@champion, models:
         path = save_png(out, make_grid(images, columns), {"model": model, "seed": seed, "n": n})
         typer.echo(str(path.resolve()))
         return
+    from flows.cli_styles import is_styled, styled_sample
+
+    if is_styled(G):
+        try:
+            images, columns, extra = styled_sample(G, n, seed, truncation, mix, layers, interpolate, steps)
+        except ValueError as e:
+            _fail(str(e))
+        provenance = {"model": model, "seed": seed, "n": len(images), "truncation": truncation, **extra}
+        typer.echo(str(save_png(out, make_grid(images, columns), provenance).resolve()))
+        return
+    if mix or interpolate is not None or truncation != 1.0 or layers is not None:
+        _fail("--truncation, --mix, --layers and --interpolate need a style-based model (model.arch=stylegan)")
     labels = None
     if label is not None:
         controls = latent_of(G).controls
@@ -226,6 +246,10 @@ def _load_generator(s, model: str):
                 else:
                     os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = allow
         meta = mlmodel.metadata or {}
+        if "style" in meta:  # takes (z, z_mix, psi, crossover): callable as G(z) like every generator
+            from flows.cli_styles import StyleDefaults
+
+            return StyleDefaults(G, LatentSpec.from_dict(meta["latent"]), meta)
         G.exported_as = meta  # an exported (pt2) program has no attributes: the metadata says what it takes
         if "input" not in meta and not hasattr(G, "latent"):  # noise families: the latent spec
             z_dim = int(mlmodel.signature.inputs.inputs[0].shape[-1])
@@ -238,10 +262,15 @@ def _load_generator(s, model: str):
     except CheckpointError as e:
         _fail(f"{model}: refused: {e}")
     G = state.family.infer(state.G_ema.eval())  # what registration would export
-    if state.family.image_input:
+    if state.family.image_input or hasattr(G, "export_inputs"):
         from flows.register import export_inputs
 
-        G.exported_as = export_inputs(cfg, G)[1]
+        meta = export_inputs(cfg, G)[1]
+        if "style" in meta:
+            from flows.cli_styles import StyleDefaults
+
+            return StyleDefaults(G, G.latent, meta)
+        G.exported_as = meta
     return G
 
 

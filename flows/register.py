@@ -162,9 +162,13 @@ def generator_signature(inputs: list[tuple[str, np.ndarray, tuple]], out: np.nda
 def export_inputs(cfg: PipelineConfig, module) -> tuple[list[tuple[str, np.ndarray, tuple]], dict]:
     """What the exported program takes, as the family declares it, and the metadata that says so
     (an exported program has no attributes): latents (z, then y for a conditional G) for noise
-    families; an image batch in [-1, 1] with dynamic height and width, plus the direction (0, 1, ...)
-    where a family translates several ways, for image-conditioned ones."""
+    families, or what the module itself declares (`export_inputs(n)`, `export_meta()`: StyleGAN's
+    psi and mixing); an image batch in [-1, 1] with dynamic height and width, plus the direction
+    (0, 1, ...) where a family translates several ways, for image-conditioned ones."""
     family = family_for(cfg.model)
+    if hasattr(module, "export_inputs"):  # a module that takes more than latents (StyleGAN's psi, mixing)
+        return module.export_inputs(8), {"arch": family.name, "latent": module.latent.to_dict(),
+                                         **module.export_meta()}
     if not family.image_input:
         spec = module.latent
         example = spec.sample(8, generator=torch.Generator().manual_seed(0))
