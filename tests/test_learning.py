@@ -17,6 +17,9 @@ Measured (2026-11-22, 2-core CPU): FID after/before and control metrics over see
     biggan    600 steps  0.005-0.198   class_acc 0.750-1.000 (chance 0.25)
     dcgan+mbd    600 steps  0.049-0.087
     dcgan+stddev 600 steps  0.057-0.099
+Measured 2026-11-24, seeds 0-4 (the families' own settings for these runs in FAMILY):
+    progan   1000 steps  0.070-0.275   (growing 4 -> 8 px; 0.13-0.17 in 600 steps without growth)
+    stylegan  600 steps  0.054-0.369   (v2, r1_gamma 10; seed 5: 0.572)
 """
 from __future__ import annotations
 
@@ -46,7 +49,15 @@ CASES = {
     ("biggan", "none"): (600, 0.5, {"class_acc_256": 0.5}),
     ("dcgan", "mbd"): (600, 0.35, {}),
     ("dcgan", "stddev"): (600, 0.35, {}),
+    ("progan", "none"): (1000, 0.5, {}),
+    ("stylegan", "none"): (600, 0.65, {}),
 }
+# settings of the families' own sections for these short runs (the defaults are sized for 3000 steps)
+# progan: 150 steps at 4 px, 150 fading 8 px in, 700 at 8 px: after the fade its FID first rises
+# (the new layers start random) and recovers over ~300 steps (seed 2: 0.83 at the fade's end, 1.60
+# at step 500, 0.26 at step 900)
+FAMILY = {"progan": {"progan": {"fade_images": 4800, "stable_images": 4800}},
+          "stylegan": {"stylegan": {"mapping_layers": 4}}}
 
 
 def make_blobs(folder: Path) -> Path:
@@ -63,6 +74,7 @@ def learn(folder: Path, arch: str, minibatch: str, steps: int, seed: int) -> tup
     cfg = PipelineConfig.from_dict({
         "data": {"name": "blobs", "resolution": 8},
         "model": {"arch": arch, "minibatch": minibatch, "z_dim": 16, "g_channels": 16, "d_channels": 16},
+        "family": FAMILY.get(arch, {}),
         "train": {"steps": steps, "batch_size": 32, "num_workers": 1, "seed": seed, "log_every": 50,
                   "checkpoint_every": steps, "ema_start": 50, "ema_decay": 0.98}})
     torch.manual_seed(seed)
