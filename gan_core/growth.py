@@ -1,4 +1,5 @@
-"""How many batches each train step reads, and, for growing families, at which resolution it trains.
+"""How many batches each train step reads, and, for growing families, at which resolution it trains
+(the schedule, and what progan and stylegan share to follow it: staged networks, staged reals).
 
 Every family's loop reads `batches(step)` batches per step from the sampler, and a resumed run
 starts the sampler at `position(step)`. A fixed schedule reads n_critic batches per step (one per
@@ -16,6 +17,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 from gan_core.config import ConfigError
 
@@ -132,3 +138,105 @@ class Growth:
                 return pos
             first += s.steps
         return pos
+
+
+def levels(start: int, final: int) -> list[int]:
+    """Resolutions start, 2 start, ..., final."""
+    return [start * 2 ** i for i in range(int(math.log2(final // start)) + 1)]
+
+
+@lru_cache(maxsize=32)
+def growth_of(options, final: int, base_batch: int) -> Growth:
+    """The schedule a family's settings describe (start_resolution, fade_images, stable_images, and
+    `batch`: phase_batch parsed); cached, since the loop and every step ask for it."""
+    return Growth(options.start_resolution, final, options.fade_images, options.stable_images, base_batch,
+                  tuple(sorted(options.batch.items())))
+
+
+def check_growth(options, cfg, section: str) -> None:
+    """The schedule fits the data and ends inside the run: the full resolution trains stable for at
+    least one step, so what is evaluated and exported is never caught mid-fade. Errors name
+    `<section>.<field>` (family.progan.fade_images)."""
+    res, steps = cfg.data.resolution, cfg.train.steps
+    if options.start_resolution > res:
+        raise ConfigError(f"{section}.start_resolution", f"{options.start_resolution} must be <= data.resolution {res}")
+    above = sorted(r for r in options.batch if r > res)
+    if above:
+        raise ConfigError(f"{section}.phase_batch", f"resolution {above[0]} is above data.resolution {res}")
+    g = growth_of(options, res, cfg.train.batch_size)
+    if g.growth_steps >= steps:
+        raise ConfigError(f"{section}.fade_images",
+                          f"growing {options.start_resolution} -> {res} px takes {g.growth_steps} steps "
+                          f"(fade_images={options.fade_images}, stable_images={options.stable_images}, "
+                          f"phase_batch={options.phase_batch!r}, batch {cfg.train.batch_size}), which must be "
+                          f"< train.steps={steps}: lower them or raise train.steps")
+
+
+def upsample(x: torch.Tensor, factor: int) -> torch.Tensor:
+    # nearest: pixel replication, so up(up(x, 2), k) == up(x, 2k) exactly (the fade continuity relies on it)
+    return x if factor == 1 else F.interpolate(x, scale_factor=factor, mode="nearest")
+
+
+def downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
+    return x if factor == 1 else F.avg_pool2d(x, factor)
+
+
+def stage_reals(x: torch.Tensor, resolution: int, alpha: float) -> torch.Tensor:
+    """Full-resolution reals (B, C, R, R) brought to what G makes at this stage: pooled to `resolution`,
+    while fading blended with the previous resolution's image as G's output is, upsampled back to R."""
+    k = x.shape[-1] // resolution
+    x_r = downsample(x, k)
+    if alpha < 1.0:
+        x_r = alpha * x_r + (1.0 - alpha) * upsample(downsample(x, 2 * k), 2)
+    return upsample(x_r, k)
+
+
+class Staged(nn.Module):
+    """A network with a growth stage: (resolution, alpha) as plain attributes (no tensors, so no host
+    sync per forward) that travel in state_dict as extra state, so checkpoints, G_ema's deepcopy and
+    loaded models keep it. Built or loaded: the full-resolution network (alpha 1)."""
+
+    def init_stage(self, start: int, final: int) -> None:
+        self.start, self.final = start, final
+        self.stage_resolution, self.alpha = final, 1.0
+
+    def set_stage(self, resolution: int, alpha: float) -> None:
+        if resolution not in levels(self.start, self.final):
+            raise ValueError(f"stage resolution {resolution} not in {levels(self.start, self.final)}")
+        if not 0.0 <= alpha <= 1.0 or (alpha < 1.0 and resolution == self.start):
+            raise ValueError(f"alpha {alpha} must be in [0, 1], and 1 at the start resolution {self.start}")
+        self.stage_resolution, self.alpha = int(resolution), float(alpha)
+
+    def get_extra_state(self) -> dict:
+        return {"resolution": self.stage_resolution, "alpha": self.alpha}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.set_stage(int(state["resolution"]), float(state["alpha"]))
+
+    @property
+    def fading(self) -> bool:
+        return self.alpha < 1.0
+
+
+def enter_stage(ctx, growth: Growth) -> Stage:
+    """A growing family's step preparation: the step's stage set on G, D and G_ema (so evaluation sees
+    what G trains), recorded in state.extra (checkpointed) and the step's metrics, and the step's
+    `multiplier` batches merged into one."""
+    state = ctx.state
+    stage = growth.at(state.step)
+    if len(ctx.batches) != stage.multiplier:
+        raise RuntimeError(f"step {state.step} trains at {stage.resolution} px with {stage.multiplier} batches per "
+                           f"step, got {len(ctx.batches)} (the loop must read schedule(cfg).batches)")
+    for net in (ctx.g_plain, ctx.d_plain, state.G_ema):
+        net.set_stage(stage.resolution, stage.alpha)
+    state.extra["growth"] = {"resolution": stage.resolution, "alpha": stage.alpha}
+    ctx.out["resolution"] = torch.tensor(float(stage.resolution), device=state.device)
+    ctx.out["alpha"] = torch.tensor(stage.alpha, device=state.device)
+    merge_batches(ctx)
+    return stage
+
+
+def merge_batches(ctx) -> None:
+    """The step's batches as one (a larger batch for this step), images only: these families are unconditional."""
+    if len(ctx.batches) > 1:
+        ctx.batches = [{"images": torch.cat([b["images"] for b in ctx.batches])}]

@@ -12,8 +12,9 @@ from gan_core.config import ConfigError, DataConfig, ModelConfig, PipelineConfig
 from gan_core.equalized import EqualConv2d, EqualLinear, PixelNorm, StddevMap
 from gan_core.losses import LOSSES
 from gan_core.models.progan import (Discriminator, Generator, Options, build_discriminator, build_generator, check,
-                                    growth, stage_reals, step)
+                                    step)
 from gan_core.models.progan import schedule
+from gan_core.growth import growth_of, stage_reals
 from gan_core.train import Callback, TrainState, build_state, train
 
 RES, Z = 16, 16
@@ -134,7 +135,7 @@ def test_fade_ends_within_one_fade_steps_worth_of_change():
     default fade of 375 steps at batch 64): max |new - old| 2.4-4.6 (G) and 0.24-0.51 (D) over seeds 0-2
     and widths 4 and 32, so at most 0.0124 per step; asserted < 0.02."""
     G, D = nets()
-    n = growth(Options(), RES, 64).segments()[1].steps
+    n = growth_of(Options(), RES, 64).segments()[1].steps
     assert n == 375
     z, x = torch.randn(64, Z), torch.rand(64, 1, RES, RES) * 2 - 1
     with torch.no_grad():
@@ -246,7 +247,7 @@ def config(steps=3000, res=16, batch_size=64, **kwargs) -> PipelineConfig:
 
 def test_check_growth_ends_inside_the_run_and_names_the_field():
     check(config())  # defaults: 4 -> 16 px stable at step 1500 of 3000
-    assert growth(Options(), 16, 64).growth_steps == 1500
+    assert growth_of(Options(), 16, 64).growth_steps == 1500
     with pytest.raises(ConfigError, match="takes 1500 steps") as e:
         check(config(steps=1500))
     assert e.value.field == "family.progan.fade_images"

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import torch
@@ -37,7 +36,8 @@ from torch import nn
 
 from gan_core.config import ConfigError, DataConfig, ModelConfig
 from gan_core.equalized import EqualConv2d, EqualLinear, PixelNorm, StddevMap
-from gan_core.growth import Growth, parse_phase_batch
+from gan_core.growth import (Growth, Staged, check_growth, downsample, enter_stage, growth_of, levels, parse_phase_batch,
+                             stage_reals, upsample)
 from gan_core.latent import LatentSpec
 from gan_core.losses import gradient_penalty
 from gan_core.options import integer, number
@@ -101,11 +101,6 @@ def _options(options) -> Options:
     return options if options is not None else Options()
 
 
-def levels(start: int, final: int) -> list[int]:
-    """Resolutions start, 2 start, ..., final."""
-    return [start * 2 ** i for i in range(int(math.log2(final // start)) + 1)]
-
-
 def width(base: int, final: int, res: int, cap: int) -> int:
     """`base` channels at the full resolution, doubling per halving toward 4x4, capped."""
     return min(base * (final // res), cap)
@@ -113,40 +108,6 @@ def width(base: int, final: int, res: int, cap: int) -> int:
 
 def lrelu(x: torch.Tensor) -> torch.Tensor:
     return F.leaky_relu(x, 0.2)
-
-
-def upsample(x: torch.Tensor, factor: int) -> torch.Tensor:
-    # nearest: pixel replication, so up(up(x, 2), k) == up(x, 2k) exactly (the fade continuity relies on it)
-    return x if factor == 1 else F.interpolate(x, scale_factor=factor, mode="nearest")
-
-
-def downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
-    return x if factor == 1 else F.avg_pool2d(x, factor)
-
-
-class Staged(nn.Module):
-    """The growth stage of a network: (resolution, alpha) as plain attributes, saved in state_dict."""
-
-    def _init_stage(self, start: int, final: int) -> None:
-        self.start, self.resolution = start, final
-        self.stage_resolution, self.alpha = final, 1.0  # built or loaded: the full-resolution network
-
-    def set_stage(self, resolution: int, alpha: float) -> None:
-        if resolution not in levels(self.start, self.resolution):
-            raise ValueError(f"stage resolution {resolution} not in {levels(self.start, self.resolution)}")
-        if not 0.0 <= alpha <= 1.0 or (alpha < 1.0 and resolution == self.start):
-            raise ValueError(f"alpha {alpha} must be in [0, 1], and 1 at the start resolution {self.start}")
-        self.stage_resolution, self.alpha = int(resolution), float(alpha)
-
-    def get_extra_state(self) -> dict:
-        return {"resolution": self.stage_resolution, "alpha": self.alpha}
-
-    def set_extra_state(self, state: dict) -> None:
-        self.set_stage(int(state["resolution"]), float(state["alpha"]))
-
-    @property
-    def fading(self) -> bool:
-        return self.alpha < 1.0
 
 
 # ---- generator ------------------------------------------------------------------------------------
@@ -185,7 +146,7 @@ class Generator(Staged):
     def __init__(self, latent: LatentSpec, channels: int, start: int, final: int, base: int, cap: int):
         super().__init__()
         self.latent, self.channels = latent, channels
-        self._init_stage(start, final)
+        self.init_stage(start, final)
         w = {r: width(base, final, r, cap) for r in levels(4, final)}
         self.norm = PixelNorm()
         self.blocks = nn.ModuleDict({"4": FirstBlock(latent.z_dim, w[4])})
@@ -203,7 +164,7 @@ class Generator(Staged):
         img = self.to_rgb[str(r)](h)  # (B, C, r, r)
         if self.fading:  # the previous resolution's image, still speaking with weight 1 - alpha
             img = self.alpha * img + (1.0 - self.alpha) * upsample(self.to_rgb[str(r // 2)](prev), 2)
-        img = upsample(img, self.resolution // r)
+        img = upsample(img, self.final // r)
         # Linear output while training (the paper's: a clamp would cut the gradient of every overshooting
         # pixel); clamped to the data range in eval mode, so FID, samples and the exported model all see
         # the images a reader gets after conversion to uint8 (the evaluation scores G's raw output).
@@ -252,14 +213,14 @@ class Discriminator(Staged):
 
     def __init__(self, channels: int, start: int, final: int, base: int, cap: int):
         super().__init__()
-        self._init_stage(start, final)
+        self.init_stage(start, final)
         w = {r: width(base, final, r, cap) for r in levels(4, final)}
         self.from_rgb = nn.ModuleDict({str(r): FromRGB(channels, w[r]) for r in levels(start, final)})
         self.blocks = nn.ModuleDict({str(r): DownBlock(w[r], w[r // 2]) for r in levels(8, final)} if final >= 8 else {})
         self.last = LastBlock(w[4])
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:  # y: unconditional, unused
-        r, k = self.stage_resolution, self.resolution // self.stage_resolution
+        r, k = self.stage_resolution, self.final // self.stage_resolution
         h = self.from_rgb[str(r)](downsample(x, k))
         if r > 4:
             h = self.blocks[str(r)](h)
@@ -270,86 +231,48 @@ class Discriminator(Staged):
         return self.last(h)
 
 
+def _fits(o: Options, d: DataConfig) -> None:
+    if o.start_resolution > d.resolution:  # check() says so for a whole config; builders are also called alone
+        raise ConfigError(FIELD + "start_resolution", f"{o.start_resolution} must be <= data.resolution {d.resolution}")
+
+
 def build_generator(m: ModelConfig, d: DataConfig, n_classes: int = 0, options: Options | None = None) -> Generator:
     o = _options(options)
-    check_resolution(o, d)
+    _fits(o, d)
     return Generator(LatentSpec(m.z_dim), d.channels, o.start_resolution, d.resolution, m.g_channels, o.fmap_max)
 
 
 def build_discriminator(m: ModelConfig, d: DataConfig, n_classes: int = 0,
                         options: Options | None = None) -> Discriminator:
     o = _options(options)
-    check_resolution(o, d)
+    _fits(o, d)
     return Discriminator(d.channels, o.start_resolution, d.resolution, m.d_channels, o.fmap_max)
 
 
-def check_resolution(o: Options, d: DataConfig) -> None:
-    if o.start_resolution > d.resolution:
-        raise ConfigError(FIELD + "start_resolution", f"{o.start_resolution} must be <= data.resolution "
-                                                      f"{d.resolution}")
-    above = sorted(r for r in o.batch if r > d.resolution)
-    if above:
-        raise ConfigError(FIELD + "phase_batch", f"resolution {above[0]} is above data.resolution {d.resolution}")
-
-
 # ---- schedule and config checks ---------------------------------------------------------------------
-@lru_cache(maxsize=32)
-def growth(o: Options, final: int, base_batch: int) -> Growth:
-    """The growth schedule (pure in the step, so a resumed run recomputes the same stage)."""
-    return Growth(o.start_resolution, final, o.fade_images, o.stable_images, base_batch,
-                  tuple(sorted(o.batch.items())))
 
 
 def schedule(cfg: "PipelineConfig") -> Growth:
     """Family.schedule: how many batches each step reads and at which stage it trains."""
-    return growth(_options(cfg.family), cfg.data.resolution, cfg.train.batch_size)
+    return growth_of(_options(cfg.family), cfg.data.resolution, cfg.train.batch_size)
 
 
 def check(cfg: "PipelineConfig") -> None:
     """Growth must end inside the run (the full resolution trains stable for at least one step), the
     batch multipliers must name resolutions the run trains at, and model.minibatch, which progan would
     silently ignore, is refused: its D always ends with the stddev map."""
-    o = _options(cfg.family)
-    check_resolution(o, cfg.data)
-    g = schedule(cfg)
-    if g.growth_steps >= cfg.train.steps:
-        raise ConfigError(FIELD + "fade_images", f"growing {o.start_resolution} -> {cfg.data.resolution} px takes "
-                                                 f"{g.growth_steps} steps (fade_images={o.fade_images}, stable_images="
-                                                 f"{o.stable_images}, phase_batch={o.phase_batch!r}, batch "
-                                                 f"{cfg.train.batch_size}), which must be < train.steps="
-                                                 f"{cfg.train.steps}: lower them or raise train.steps")
+    check_growth(_options(cfg.family), cfg, FIELD[:-1])
     if cfg.model.minibatch != "none":
         raise ConfigError("model.minibatch", f"progan's D always ends with the mini-batch stddev map: leave it "
                                              f"'none', got {cfg.model.minibatch!r}")
 
 
 # ---- the train step: one WGAN-GP critic update + drift, then one G update, at the scheduled stage --------
-def stage_reals(x: torch.Tensor, resolution: int, alpha: float) -> torch.Tensor:
-    """Full-resolution reals (B, C, R, R) brought to what G makes at this stage: pooled to `resolution`,
-    while fading blended with the previous resolution's image as G's output is, upsampled back to R."""
-    k = x.shape[-1] // resolution
-    x_r = downsample(x, k)
-    if alpha < 1.0:
-        x_r = alpha * x_r + (1.0 - alpha) * upsample(downsample(x, 2 * k), 2)
-    return upsample(x_r, k)
 
 
 def prepare(ctx: Ctx) -> None:
-    """Set the step's stage on G, D and G_ema (so evaluation sees what G trains) and merge the step's
-    `multiplier` batches into one."""
-    state = ctx.state
-    G, D = unwrap(state.G), unwrap(state.D)
-    stage = growth(_options(state.options), G.resolution, ctx.cfg.batch_size).at(state.step)
-    if len(ctx.batches) != stage.multiplier:
-        raise RuntimeError(f"progan: step {state.step} trains at {stage.resolution} px with {stage.multiplier} "
-                           f"batches per step, got {len(ctx.batches)} (the loop must read schedule(cfg).batches)")
-    for net in (G, D, state.G_ema):
-        net.set_stage(stage.resolution, stage.alpha)
-    state.extra["growth"] = {"resolution": stage.resolution, "alpha": stage.alpha}
-    ctx.batches = [{"images": torch.cat([b["images"] for b in ctx.batches])}]
-    ctx.v["stage"] = stage
-    ctx.out["resolution"] = torch.tensor(float(stage.resolution), device=state.device)
-    ctx.out["alpha"] = torch.tensor(stage.alpha, device=state.device)
+    """The step's stage on G, D and G_ema, its batches merged into one (gan_core.growth.enter_stage)."""
+    ctx.v["stage"] = enter_stage(ctx, growth_of(_options(ctx.state.options), ctx.g_plain.final, ctx.cfg.batch_size))
 
 
 def _d_loss(ctx: Ctx) -> torch.Tensor:

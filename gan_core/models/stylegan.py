@@ -41,9 +41,9 @@ from torch import nn
 
 from gan_core.config import ConfigError, DataConfig, ModelConfig
 from gan_core.equalized import EqualConv2d, EqualLinear, PixelNorm, StddevMap
-from gan_core.growth import Fixed, Growth, parse_phase_batch
+from gan_core.growth import (Fixed, Growth, Staged, check_growth, enter_stage, growth_of, levels, merge_batches,
+                             parse_phase_batch, stage_reals)
 from gan_core.latent import LatentSpec
-from gan_core.models.progan import stage_reals
 from gan_core.phases import Ctx, Phase, Step, Term, unwrap
 from gan_core.steps import images
 
@@ -136,11 +136,6 @@ def _number(name: str, v, low: float, high: float | None, low_open: bool = False
 
 def _options(options) -> Options:
     return options if options is not None else Options()
-
-
-def resolutions(final: int) -> list[int]:
-    """4, 8, ..., final."""
-    return [2 ** i for i in range(2, int(math.log2(final)) + 1)]
 
 
 def width(base: int, resolution: int, final: int) -> int:
@@ -286,25 +281,6 @@ class ToRGBV2(nn.Module):
         return self.conv(x, w) + self.bias
 
 
-# ---- the growing stage (v1 with growth) ------------------------------------------------------------------
-class Staged(nn.Module):
-    """A network with a growth stage: plain attributes (no tensors, so no host sync per forward)
-    that travel in state_dict through get/set_extra_state. Built at full resolution, alpha 1."""
-
-    def init_stage(self, final: int) -> None:
-        self.final, self.stage_resolution, self.alpha = final, final, 1.0
-
-    def set_stage(self, resolution: int, alpha: float) -> None:
-        if resolution not in resolutions(self.final) or not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"stage ({resolution}, {alpha}): resolution must be in {resolutions(self.final)}, "
-                             "alpha in [0, 1]")
-        self.stage_resolution, self.alpha = int(resolution), float(alpha)
-
-    def get_extra_state(self) -> dict:
-        return {"resolution": self.stage_resolution, "alpha": self.alpha}
-
-    def set_extra_state(self, state: dict) -> None:
-        self.set_stage(state["resolution"], state["alpha"])
 
 
 # ---- generator ---------------------------------------------------------------------------------------
@@ -314,9 +290,9 @@ class Synthesis(Staged):
 
     def __init__(self, version: str, w_dim: int, channels: int, final: int, base: int, growth: bool = False):
         super().__init__()
-        self.init_stage(final)
+        self.init_stage(4, final)
         self.version, self.growth = version, growth
-        self.res = resolutions(final)
+        self.res = levels(4, final)
         ch = [width(base, r, final) for r in self.res]
         self.num_ws = 2 * len(self.res)
         v1 = version == "v1"
@@ -377,7 +353,7 @@ class Generator(Staged):
 
     def __init__(self, latent: LatentSpec, channels: int, resolution: int, base: int, o: Options):
         super().__init__()
-        self.init_stage(resolution)
+        self.init_stage(4, resolution)
         self.latent, self.resolution = latent, resolution
         w_dim = o.w_dim or latent.z_dim
         self.mapping = Mapping(latent.z_dim, w_dim, o.mapping_layers, o.mapping_lr_mul)
@@ -488,8 +464,8 @@ class Discriminator(Staged):
 
     def __init__(self, channels: int, final: int, base: int, residual: bool, growth: bool = False):
         super().__init__()
-        self.init_stage(final)
-        self.res = resolutions(final)
+        self.init_stage(4, final)
+        self.res = levels(4, final)
         ch = {r: width(base, r, final) for r in self.res}
         rgb_at = self.res if growth else [final]
         self.from_rgb = nn.ModuleDict({str(r): EqualConv2d(channels, ch[r], 1) for r in rgb_at})
@@ -550,17 +526,12 @@ def path_length_penalty(G: Generator, z: torch.Tensor, decay: float) -> torch.Te
 
 
 # ---- schedule and config checks -----------------------------------------------------------------------------
-@lru_cache(maxsize=32)
-def growth(o: Options, final: int, base_batch: int) -> Growth:
-    """v1's growth schedule, progan's (pure in the step: a resumed run recomputes the same stage)."""
-    return Growth(o.start_resolution, final, o.fade_images, o.stable_images, base_batch,
-                  tuple(sorted(o.batch.items())))
 
 
 def schedule(cfg: "PipelineConfig") -> Fixed | Growth:
     """Family.schedule: one batch per step, or the growth schedule's multiplier of batches."""
     o = _options(cfg.family)
-    return growth(o, cfg.data.resolution, cfg.train.batch_size) if o.growth else Fixed(1)
+    return growth_of(o, cfg.data.resolution, cfg.train.batch_size) if o.growth else Fixed(1)
 
 
 def grows(options) -> bool:
@@ -571,20 +542,9 @@ def grows(options) -> bool:
 def check(cfg: "PipelineConfig") -> None:
     """Growth must fit the data and end inside the run; settings stylegan would silently ignore are
     refused (its regulariser is R1, its D always has the stddev map)."""
-    o, res = _options(cfg.family), cfg.data.resolution
+    o = _options(cfg.family)
     if o.growth:
-        if o.start_resolution > res:
-            raise ConfigError("family.stylegan.start_resolution",
-                              f"{o.start_resolution} is above data.resolution {res}")
-        above = [r for r in o.batch if r > res]
-        if above:
-            raise ConfigError("family.stylegan.phase_batch", f"resolution {above[0]} is above data.resolution {res}")
-        steps = schedule(cfg).growth_steps
-        if steps >= cfg.train.steps:
-            raise ConfigError("family.stylegan.fade_images",
-                              f"growing {o.start_resolution} -> {res} px takes {steps} steps (fade_images="
-                              f"{o.fade_images}, stable_images={o.stable_images}, phase_batch={o.phase_batch!r}, "
-                              f"batch {cfg.train.batch_size}), which must be < train.steps={cfg.train.steps}")
+        check_growth(o, cfg, "family.stylegan")
     if cfg.model.minibatch != "none":
         raise ConfigError("model.minibatch", f"stylegan's D always ends with the mini-batch stddev map: leave it "
                                              f"'none', got {cfg.model.minibatch!r}")
@@ -594,21 +554,9 @@ def check(cfg: "PipelineConfig") -> None:
 def prepare(ctx: Ctx) -> None:
     """With growth, set the step's stage on G, D and G_ema and bring the reals to that stage; merge
     the step's batches (growth's multiplier) into one real batch ctx.v["real"] (B, C, R, R)."""
-    state, o = ctx.state, _options(ctx.state.options)
-    stage = None
-    if o.growth:
-        G = unwrap(state.G)
-        stage = growth(o, G.resolution, ctx.cfg.batch_size).at(state.step)
-        if len(ctx.batches) != stage.multiplier:
-            raise RuntimeError(f"stylegan: step {state.step} trains at {stage.resolution} px with {stage.multiplier} "
-                               f"batches per step, got {len(ctx.batches)} (the loop must read schedule(cfg).batches)")
-        for net in (G, unwrap(state.D), state.G_ema):
-            net.set_stage(stage.resolution, stage.alpha)
-        state.extra["growth"] = {"resolution": stage.resolution, "alpha": stage.alpha}
-        ctx.out["resolution"] = torch.tensor(float(stage.resolution), device=state.device)
-        ctx.out["alpha"] = torch.tensor(stage.alpha, device=state.device)
-    if len(ctx.batches) > 1:
-        ctx.batches = [{"images": torch.cat([b["images"] for b in ctx.batches])}]
+    o = _options(ctx.state.options)
+    stage = enter_stage(ctx, growth_of(o, ctx.g_plain.resolution, ctx.cfg.batch_size)) if o.growth else None
+    merge_batches(ctx)
     real = images(ctx)
     ctx.v["real"] = real if stage is None else stage_reals(real, stage.resolution, stage.alpha)
 
