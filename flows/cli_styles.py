@@ -46,9 +46,10 @@ def truncated(G, n: int, seed: int, psi: float) -> torch.Tensor:
 
 
 def coarse_layers(G) -> int:
-    """Styles driving 8 px and below (pose, shape: the paper's 'coarse' styles)."""
+    """Styles driving 8 px and below (pose, shape: the paper's 'coarse' styles), leaving at least one
+    to the column seed (at 8 px every style is coarse)."""
     res = G.exported_as["style"]["layer_resolutions"]
-    return max(1, sum(1 for r in res if r <= 8))
+    return min(max(1, sum(1 for r in res if r <= 8)), len(res) - 1)
 
 
 @torch.no_grad()
