@@ -115,7 +115,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="ganpipe-bench-"))
     s = Settings(workspace=tmp, home=tmp / "home", mlflow_uri=f"sqlite:///{tmp}/home/mlflow.db",
-                 ray_address=None, dvc_remote="none", dvc_remote_url=None)
+                 ray_address=None, dvc_remote="none", dvc_remote_url=None, ray_storage=str(tmp / "home" / "ray_results"))
     configure_environment(s)
     from flows.prepare import prepare
 
