@@ -3,7 +3,7 @@
 Same DCGAN, same global batch, same data (prepared digits). Throughput is the train loop's own
 images/s, measured inside the loop over log windows after a warm-up window, so Ray's start-up is
 reported separately (wall time) and not mixed into the steady-state ratio. The Ray numbers come
-from flows.train.run_training exactly as the pipeline runs it, read back from MLflow.
+from flows.stages.train.run_training exactly as the pipeline runs it, read back from MLflow.
 
 Achieved GFLOP/s = FLOPs per image (torch's FlopCounterMode over one train step) x images/s.
 Peak = cores x clock x fp32 FLOPs/cycle/core, from /proc/cpuinfo: 2 FMA units x vector lanes x 2
@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flows.settings import Settings, configure_environment  # noqa: E402
+from flows.ops.settings import Settings, configure_environment  # noqa: E402
 from gan_core.config import PipelineConfig  # noqa: E402
 from gan_core.data import ShardedBatches, load_prepared  # noqa: E402
 from gan_core.train import Callback, build_state, train  # noqa: E402
@@ -71,8 +71,8 @@ def plain(data_dir: Path, steps: int, batch: int, threads: int) -> dict:
 
 
 def through_ray(s: Settings, data_dir: Path, steps: int, batch: int, workers: int, threads: int = 0) -> dict:
-    from flows.tracking import client, experiment_id, start_run
-    from flows.train import run_training
+    from flows.registry.tracking import client, experiment_id, start_run
+    from flows.stages.train import run_training
 
     cfg = config(steps, batch, workers, threads)
     c = client(s.mlflow_uri)
@@ -117,7 +117,7 @@ def main() -> None:
     s = Settings(workspace=tmp, home=tmp / "home", mlflow_uri=f"sqlite:///{tmp}/home/mlflow.db",
                  ray_address=None, dvc_remote="none", dvc_remote_url=None, ray_storage=str(tmp / "home" / "ray_results"))
     configure_environment(s)
-    from flows.prepare import prepare
+    from flows.stages.prepare import prepare
 
     data_dir = Path(prepare(s, config(1, args.batch, 1))["path"])
     cores = os.cpu_count() or 1

@@ -50,7 +50,7 @@ def main(repeats: int, n_hogs: int) -> int:
     for case, outcome in cases:
         print(f"{outcome:7s} kill {case}")
     passed = sum(o == "PASSED" for _, o in cases)
-    # printed by flows.train.resume (Ray dedups the two ranks' identical lines): how often Ray alone
+    # printed by flows.stages.train.resume (Ray dedups the two ranks' identical lines): how often Ray alone
     # would have resumed from an older checkpoint, or from scratch when its record is "none"
     races = re.findall(r"resume: (checkpoint_\S+) is newer than Ray's record \((\S+)\)", r.stdout)
     print(f"{len({c for c, _ in races})} of {len(cases)} restarts resumed from a checkpoint Ray's controller had not "

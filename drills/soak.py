@@ -191,7 +191,7 @@ class Stack:
         if r.returncode != 0:
             raise RuntimeError(f"services up failed:\n{r.stdout[-3000:]}{r.stderr[-3000:]}")
         print(r.stdout.rstrip())
-        from flows.settings import read_env_file
+        from flows.ops.settings import read_env_file
 
         self.values = read_env_file(Path(self.env["GANPIPE_ENV_FILE"]))
 

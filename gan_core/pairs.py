@@ -84,7 +84,7 @@ def edge_map(grey: np.ndarray, sigma: float) -> np.ndarray:
 
 def digits32() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's 1797 digits as (1797, 32, 32) uint8 and (1797,) int64 labels: 0..16 ink levels
-    -> 0..255 (as flows/sources.py), then bicubic up to 32 px so an edge detector has strokes to trace
+    -> 0..255 (as flows/data/sources.py), then bicubic up to 32 px so an edge detector has strokes to trace
     (at 8 px every stroke is a pixel or two wide)."""
     from sklearn.datasets import load_digits
 

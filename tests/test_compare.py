@@ -6,7 +6,7 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from flows.compare import collect, render_table, write_chart
+from flows.registry.compare import collect, render_table, write_chart
 
 PARAMS = {"model.loss": "hinge", "model.z_dim": "64", "train.batch_size": "32", "train.lr_g": "0.0002",
           "train.lr_d": "0.0004", "train.num_workers": "2", "train.steps": "500"}

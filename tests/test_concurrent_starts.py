@@ -1,5 +1,5 @@
 """Processes started together in one fresh GANPIPE_HOME start up exactly as `ganpipe run` does
-(flows/startup.py, then a Prefect flow run on the temporary server and an MLflow call): each exits 0
+(flows/ops/startup.py, then a Prefect flow run on the temporary server and an MLflow call): each exits 0
 and none prints a traceback. Without the start-up lock, their temporary Prefect servers raced on the
 migrations of one SQLite database (uvicorn printed `sqlite3.OperationalError: duplicate column name`
 or `index ... already exists`), and fresh MLflow stores failed with alembic's `CommandError`.
@@ -15,11 +15,11 @@ pytestmark = pytest.mark.slow
 RUNS = 3
 START = """
 import typer
-from flows.cli import _settings
-s = _settings()  # configures Prefect's and MLflow's environment: before either is imported
+from flows.cli.app import cli_settings
+s = cli_settings()  # configures Prefect's and MLflow's environment: before either is imported
 
-from flows.startup import start_shared_state
-from flows.tracking import client
+from flows.ops.startup import start_shared_state
+from flows.registry.tracking import client
 from prefect import flow
 
 start_shared_state(s, lambda who: typer.echo(f"waiting for another start-up: {who}", err=True))

@@ -1,6 +1,6 @@
 import pytest
 
-from flows.params import load_config, parse_override
+from flows.ops.params import load_config, parse_override
 from gan_core.config import ConfigError, PipelineConfig
 
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows import catalog
-from flows.datasets import add, listing, restore, show
-from flows.params import load_config
-from flows.settings import load_settings
+from flows.data import catalog
+from flows.data.datasets import add, listing, restore, show
+from flows.ops.params import load_config
+from flows.ops.settings import load_settings
 from gan_core.config import ConfigError
 from gan_core.data import load_prepared
 from gan_core.ingest.policy import IngestPolicy
@@ -163,7 +163,7 @@ def test_fresh_clone_pulls_every_version_bit_for_bit_and_prepare_uses_it(tmp_pat
     assert not (clone / "data/datasets/pets/v1").exists()
     remote = str(ws / ".ganpipe" / "dvc-remote")
     env = {**env_for(clone), "GANPIPE_DVC_REMOTE_URL": remote}
-    from flows.versioning import ensure_repo
+    from flows.data.versioning import ensure_repo
 
     ensure_repo(settings_for(clone, GANPIPE_DVC_REMOTE_URL=remote))
     pull = subprocess.run([str(BIN / "dvc"), "pull", "-R", "data/datasets", "-r", "ganpipe-local"], cwd=clone, env=env,

@@ -5,11 +5,11 @@ import time
 
 import pytest
 
-from flows.deployments import CONCURRENCY, DeployConfig, deployments
-from flows.locks import file_lock
-from flows.pipeline import FORM, form_overrides, pipeline
-from flows.settings import SettingsError, load_settings, read_env_file
-from flows.summary import mlflow_links, run_summary, skip_summary
+from flows.ops.deployments import CONCURRENCY, DeployConfig, deployments
+from flows.ops.locks import file_lock
+from flows.stages.pipeline import FORM, form_overrides, pipeline
+from flows.ops.settings import SettingsError, load_settings, read_env_file
+from flows.stages.summary import mlflow_links, run_summary, skip_summary
 from gan_core.config import ConfigError
 from infra.config import ServicesConfig
 
@@ -117,7 +117,7 @@ def test_workspace_lock_makes_the_second_run_wait(tmp_path):
 
 
 def test_retraining_finds_a_version_trained_from_the_same_inputs(tmp_path):
-    from flows.tracking import CHAMPION, client, trained_from_same_inputs
+    from flows.registry.tracking import CHAMPION, client, trained_from_same_inputs
 
     c = client(f"sqlite:///{tmp_path}/m.db")
     c.create_registered_model("m")
@@ -134,7 +134,7 @@ def test_retraining_finds_a_version_trained_from_the_same_inputs(tmp_path):
 
 
 def test_uris_shown_or_handed_on_carry_no_password():
-    from flows.settings import without_password
+    from flows.ops.settings import without_password
 
     assert without_password("https://ann:s3cret@mlflow.example.com/x") == "https://mlflow.example.com/x"
     assert without_password("sqlite:///a/b.db") == "sqlite:///a/b.db"

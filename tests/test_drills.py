@@ -3,9 +3,9 @@ import logging
 
 import pytest
 
-from flows import drills
-from flows.faults import eval_fault
-from flows.settings import SettingsError, load_settings
+from flows.ops import drills
+from flows.ops.faults import eval_fault
+from flows.ops.settings import SettingsError, load_settings
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ def test_exported_generator_matches_the_module(arch, tmp_path):
     import mlflow.pytorch
     from mlflow.models import Model
 
-    from flows.register import export_args
+    from flows.stages.register import export_args
     from gan_core.latent import LatentSpec
 
     torch.manual_seed(0)
@@ -31,7 +31,7 @@ def test_exported_generator_matches_the_module(arch, tmp_path):
     spec = LatentSpec.from_dict(meta["latent"])
     assert spec == G.latent
     if "style" in meta:  # takes (z, z_mix, psi, crossover): loaded as the CLI loads it
-        from flows.cli_styles import StyleDefaults
+        from flows.cli.styles import StyleDefaults
 
         loaded = StyleDefaults(loaded, spec, meta)
     loaded.latent = spec
@@ -48,7 +48,7 @@ def test_exported_translator_takes_other_batches_and_sizes(arch, tmp_path):
     import mlflow.pytorch
     from mlflow.models import Model
 
-    from flows.register import export_args, export_context
+    from flows.stages.register import export_args, export_context
 
     torch.manual_seed(0)
     cfg = tiny_config(model={"arch": arch}, data={"resolution": 16})
@@ -75,8 +75,8 @@ def test_an_exported_style_model_keeps_truncation_and_mixing(tmp_path):
     import mlflow.pytorch
     from mlflow.models import Model
 
-    from flows.cli_styles import StyleDefaults, mixing_grid
-    from flows.register import export_args
+    from flows.cli.styles import StyleDefaults, mixing_grid
+    from flows.stages.register import export_args
 
     torch.manual_seed(0)
     cfg = tiny_config(model={"arch": "stylegan"})

@@ -74,16 +74,16 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_its_sidecar(tmp_path):
 
 
 def test_a_full_disk_keeps_the_previous_candidate(tmp_path):
-    from flows.settings import load_settings
-    from flows.train import publish_candidate
+    from flows.ops.settings import load_settings
+    from flows.stages.train import publish_candidate
 
     env = {"GANPIPE_WORKSPACE": str(tmp_path / "ws"), "GANPIPE_HOME": str(tmp_path / "home")}
     for step in (2, 4):
         save_checkpoint(tmp_path / f"ray/{step}/checkpoint.pt", checkpoint_at(step))
     first = publish_candidate(load_settings(env), tmp_path / "ray/2/checkpoint.pt", checkpoint_at(2), "run", None, "r")
     err = write_under_limit(
-        "from pathlib import Path\nfrom flows.settings import load_settings\n"
-        "from flows.train import publish_candidate\nfrom gan_core.checkpoint import load_checkpoint\n"
+        "from pathlib import Path\nfrom flows.ops.settings import load_settings\n"
+        "from flows.stages.train import publish_candidate\nfrom gan_core.checkpoint import load_checkpoint\n"
         f"s, f = load_settings({env!r}), Path(sys.argv[1])",
         "publish_candidate(s, f, load_checkpoint(f), 'run', None, 'r')", str(tmp_path / "ray/4/checkpoint.pt"))
     candidate = tmp_path / "ws" / "models" / "candidate"
@@ -110,9 +110,9 @@ def file_size_limit():
 
 @pytest.mark.slow
 def test_a_full_disk_during_dataset_add_keeps_the_previous_version_latest(tmp_path):
-    from flows import catalog
-    from flows.datasets import add, restore
-    from flows.settings import load_settings
+    from flows.data import catalog
+    from flows.data.datasets import add, restore
+    from flows.ops.settings import load_settings
     from gan_core.data import load_prepared
     from gan_core.ingest.policy import IngestPolicy
     from workspace import BIN, env_for, make_workspace

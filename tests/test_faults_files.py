@@ -232,7 +232,7 @@ def test_registered_pickle_model_is_refused_before_mlflow_unpickles_it(tmp_path,
     import mlflow.pytorch
     import typer
 
-    from flows.cli import _load_generator
+    from flows.cli.loading import load_generator
     from workspace import ganpipe, make_workspace
 
     marker = tmp_path / "pwned"
@@ -242,7 +242,7 @@ def test_registered_pickle_model_is_refused_before_mlflow_unpickles_it(tmp_path,
     # MLflow's own pickle guard stays off (as by default in 3.17): only our check stands in the way
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
     with pytest.raises(typer.Exit):
-        _load_generator(types.SimpleNamespace(mlflow_uri=uri), model)
+        load_generator(types.SimpleNamespace(mlflow_uri=uri), model)
     err = capsys.readouterr().err
     assert model in err and "model.pth" in err and "pt2" in err, err
     assert not marker.exists()
@@ -260,8 +260,8 @@ def test_registered_pickle_model_is_refused_before_mlflow_unpickles_it(tmp_path,
 
 @pytest.mark.slow
 def test_registered_pt2_generator_still_loads(tmp_path, monkeypatch):
-    from flows.cli import _load_generator
-    from flows.register import export_args
+    from flows.cli.loading import load_generator
+    from flows.stages.register import export_args
     from gan_core.metrics.fid import draw
 
     uri, exp = _registry(tmp_path)
@@ -269,7 +269,7 @@ def test_registered_pt2_generator_still_loads(tmp_path, monkeypatch):
     G = build_state(cfg).G_ema.eval()
     model = _register(exp, "good", G, **export_args(cfg, G))
     monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")  # restored after the load
-    loaded = _load_generator(types.SimpleNamespace(mlflow_uri=uri), model)
+    loaded = load_generator(types.SimpleNamespace(mlflow_uri=uri), model)
     assert os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "true"
     assert loaded.latent == G.latent
     assert torch.allclose(draw(G, 5, seed=1, batch_size=5).images, draw(loaded, 5, seed=1, batch_size=5).images,

@@ -42,7 +42,7 @@ class MlflowServer:
             self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def healthy(self) -> bool:
-        from flows.tracking import check_reachable
+        from flows.registry.tracking import check_reachable
 
         try:
             check_reachable(self.uri)
@@ -126,7 +126,7 @@ class Counted(Callback):
 
 
 def test_training_goes_on_while_mlflow_is_down_and_its_metrics_arrive_when_it_returns(server, run_id):
-    from flows.tracking import MlflowMetrics
+    from flows.registry.tracking import MlflowMetrics
 
     cfg = tiny_config(train={"steps": 30, "log_every": 1, "checkpoint_every": 30})
     metrics = MlflowMetrics(server.uri, run_id)
@@ -142,17 +142,17 @@ def test_training_goes_on_while_mlflow_is_down_and_its_metrics_arrive_when_it_re
 
 def test_metrics_are_dropped_with_a_count_and_registration_fails_within_its_bound(server, run_id, tmp_path,
                                                                                    caplog):
-    from flows.register import REGISTER_ATTEMPTS, RegistryUnavailable, register
-    from flows.settings import load_settings
-    from flows.tracking import MetricStream, MlflowMetrics
-    from flows.train import publish_candidate
+    from flows.stages.register import REGISTER_ATTEMPTS, RegistryUnavailable, register
+    from flows.ops.settings import load_settings
+    from flows.registry.tracking import MetricStream, MlflowMetrics
+    from flows.stages.train import publish_candidate
     from gan_core.checkpoint import load_checkpoint, rng_state, save_checkpoint, to_checkpoint
 
     server.kill()
     cfg = tiny_config(train={"steps": 6, "log_every": 1, "checkpoint_every": 6})
     metrics = MlflowMetrics(server.uri, run_id, stream=MetricStream(server.uri, run_id, flush_timeout_s=1))
     logged = Counted()
-    with caplog.at_level(logging.WARNING, logger="flows.tracking"):
+    with caplog.at_level(logging.WARNING, logger="flows.registry.tracking"):
         state = train(build_state(cfg), batches(cfg), cfg, [logged, metrics])
     assert metrics.stream.sent == 0 and metrics.stream.dropped == logged.values > 0
     assert f"{metrics.stream.dropped} metric values for MLflow run {run_id} were not logged" in caplog.text

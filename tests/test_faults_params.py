@@ -86,8 +86,8 @@ FORM_CASES = [
 
 @pytest.mark.parametrize("form,overrides,field", FORM_CASES)
 def test_form_values_are_refused_naming_the_field(tmp_path, form, overrides, field):
-    from flows.params import load_config
-    from flows.pipeline import form_overrides
+    from flows.ops.params import load_config
+    from flows.stages.pipeline import form_overrides
     from gan_core.config import ConfigError
 
     ws = _workspace(tmp_path)
@@ -105,7 +105,7 @@ def test_flow_schema_refuses_out_of_range_form_values(values):
     """What Prefect checks before a flow run starts (a UI click, a deployment trigger)."""
     from prefect.exceptions import ParameterTypeError
 
-    from flows.pipeline import pipeline
+    from flows.stages.pipeline import pipeline
 
     with pytest.raises(ParameterTypeError, match=rf"(?m)^ - {next(iter(values))}: "):
         pipeline.validate_parameters(values)
@@ -113,7 +113,7 @@ def test_flow_schema_refuses_out_of_range_form_values(values):
 
 def test_flow_body_refuses_before_any_work(tmp_path, monkeypatch):
     """A run that got past the schema (valid types, invalid combination) fails in its first line."""
-    from flows.pipeline import pipeline
+    from flows.stages.pipeline import pipeline
     from gan_core.config import ConfigError
 
     ws = _workspace(tmp_path)

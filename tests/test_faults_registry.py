@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from flows.gate import Scored, decide, decision_label, fid_from_record, recorded_decision, same_registration
-from flows.settings import Settings
+from flows.registry.gate import Scored, decide, decision_label, fid_from_record, recorded_decision, same_registration
+from flows.ops.settings import Settings
 
 DELAY = 1.0  # seconds the seam holds a promoter between reading the champion and moving the alias
 
@@ -43,10 +43,10 @@ def _cfg(**data):
 
 
 def make_candidate(settings: Settings, cfg, seed: int, nan: bool = False) -> dict:
-    """What the train stage leaves in models/candidate/ (as flows.train.publish_candidate writes it),
+    """What the train stage leaves in models/candidate/ (as flows.stages.train.publish_candidate writes it),
     for a freshly initialised G, with its own MLflow run; `nan` sets G_ema's weights to NaN (data)."""
-    from flows.records import write_record
-    from flows.tracking import client, experiment_id
+    from flows.stages.records import write_record
+    from flows.registry.tracking import client, experiment_id
     from gan_core.checkpoint import rng_state, save_checkpoint, to_checkpoint
     from gan_core.data import load_manifest
     from gan_core.train import build_state
@@ -72,15 +72,15 @@ def make_candidate(settings: Settings, cfg, seed: int, nan: bool = False) -> dic
 
 
 def _client(settings):
-    from flows.tracking import client
+    from flows.registry.tracking import client
 
     return client(settings.mlflow_uri)
 
 
 def test_non_finite_generator_is_registered_refused_and_champion_kept(settings):
-    from flows.evaluate import evaluate
-    from flows.register import register
-    from flows.tracking import model_name
+    from flows.stages.evaluate import evaluate
+    from flows.stages.register import register
+    from flows.registry.tracking import model_name
 
     cfg = _cfg()
     name = model_name(cfg)
@@ -116,7 +116,7 @@ def test_non_finite_generator_is_registered_refused_and_champion_kept(settings):
 def test_an_evaluator_failure_on_finite_images_still_raises(settings):
     """16x16 images against 8x8 reference statistics: the evaluator cannot score them, and that
     is a failure of the run, not a non-finite FID."""
-    from flows.evaluate import evaluate
+    from flows.stages.evaluate import evaluate
     from gan_core.metrics.frechet import MetricError
 
     cfg = _cfg(resolution=16)
@@ -129,9 +129,9 @@ def test_an_evaluator_failure_on_finite_images_still_raises(settings):
 def test_registering_the_same_training_run_twice_returns_the_existing_version(settings, monkeypatch):
     import mlflow.pytorch
 
-    from flows.evaluate import evaluate
-    from flows.register import register
-    from flows.tracking import model_name
+    from flows.stages.evaluate import evaluate
+    from flows.stages.register import register
+    from flows.registry.tracking import model_name
 
     cfg = _cfg()
     name = model_name(cfg)
@@ -163,7 +163,7 @@ def test_registering_the_same_training_run_twice_returns_the_existing_version(se
 def _race_registry(uri: str, name: str) -> dict[float, str]:
     """A registered model whose champion has FID 15, and two candidates (FID 10, 12), same fingerprint.
     Returns {fid: version}."""
-    from flows.tracking import CHAMPION, client
+    from flows.registry.tracking import CHAMPION, client
 
     c = client(uri)
     c.create_registered_model(name)
@@ -178,8 +178,8 @@ def _race_registry(uri: str, name: str) -> dict[float, str]:
 
 def _promote(uri: str, name: str, version: str, fid: float, lock_path: str, go=None) -> None:
     """One promoter (a thread, or the target of a spawned process); with `go`, it waits for that event."""
-    from flows.register import promote
-    from flows.tracking import client
+    from flows.stages.register import promote
+    from flows.registry.tracking import client
 
     c = client(uri)
     if go is not None and not go.wait(120):
@@ -188,7 +188,7 @@ def _promote(uri: str, name: str, version: str, fid: float, lock_path: str, go=N
 
 
 def _wait_for_holder(lock_path: Path, version: str, timeout: float = 60.0) -> None:
-    """Until the first promoter holds the lock (flows.locks writes the holder note once it has it)."""
+    """Until the first promoter holds the lock (flows.ops.locks writes the holder note once it has it)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if lock_path.is_file() and lock_path.read_text().endswith(f" v{version}"):
@@ -198,7 +198,7 @@ def _wait_for_holder(lock_path: Path, version: str, timeout: float = 60.0) -> No
 
 
 def _check_outcome(uri: str, name: str, versions: dict[float, str], first: float) -> None:
-    from flows.tracking import client
+    from flows.registry.tracking import client
 
     c = client(uri)
     assert str(c.get_registered_model(name).aliases["champion"]) == versions[10.0]
@@ -265,7 +265,7 @@ def test_concurrent_promotions_end_on_the_best_candidate(settings, monkeypatch, 
 
 def test_without_the_lock_the_race_loses_the_update(settings, monkeypatch):
     """The control: the seam's window is wide enough for a lost update when nothing serialises."""
-    import flows.register as register_mod
+    import flows.stages.register as register_mod
 
     monkeypatch.setenv("GANPIPE_FAULT_PROMOTE_DELAY", str(DELAY))
     monkeypatch.setattr(register_mod, "file_lock", lambda *a, **k: nullcontext())
@@ -283,7 +283,7 @@ def test_without_the_lock_the_race_loses_the_update(settings, monkeypatch):
 
 
 def test_bad_delay_seam_value_is_refused(settings, monkeypatch):
-    from flows.register import promote
+    from flows.stages.register import promote
 
     monkeypatch.setenv("GANPIPE_FAULT_PROMOTE_DELAY", "soon")
     versions = _race_registry(settings.mlflow_uri, "seam")
@@ -291,7 +291,7 @@ def test_bad_delay_seam_value_is_refused(settings, monkeypatch):
         promote(_client(settings), "seam", versions[10.0], Scored(10.0, "fp"), 0.0, settings.home / "l.lock")
 
 
-# ---- the pure decisions (flows/gate.py) -----------------------------------------------------------
+# ---- the pure decisions (flows/registry/gate.py) -----------------------------------------------------------
 def test_non_finite_reason_names_the_evaluator_error():
     ok, why = decide(Scored(math.nan, "fp", "2", "generated images contain NaN/Inf"), Scored(9.0, "fp", "1"), 0.0)
     assert not ok and why == "FID is not finite (nan: generated images contain NaN/Inf); never promoted"

@@ -2,7 +2,7 @@
 InternalError or 503 SlowDown. The fault is injected where production code has no hook: in the
 server, by tests/faulty_s3.py, a proxy in front of a real moto server that every client talks to.
 
-Transient errors are absorbed by bounded retries with backoff (flows/retry.py documents every
+Transient errors are absorbed by bounded retries with backoff (flows/ops/retry.py documents every
 layer's bound); a persistent error fails clearly, in bounded time, and leaves the previous state as
 the restore point: the DVC remote as it was (no new .dir object, dvc.lock untouched by the push),
 the last complete Ray checkpoint in the bucket."""
@@ -20,10 +20,10 @@ import pytest
 import yaml
 
 from faulty_s3 import FaultyS3Proxy
-from flows import versioning
-from flows.retry import (DVC_PUSH_ATTEMPTS, PYARROW_S3_MAX_ATTEMPTS, RAY_UPLOAD_ATTEMPTS, S3_MAX_ATTEMPTS,
+from flows.data import versioning
+from flows.ops.retry import (DVC_PUSH_ATTEMPTS, PYARROW_S3_MAX_ATTEMPTS, RAY_UPLOAD_ATTEMPTS, S3_MAX_ATTEMPTS,
                          RetriesExhausted, backoff, retry, s3_filesystem)
-from flows.settings import Settings
+from flows.ops.settings import Settings
 from s3server import MotoServer
 
 FILES = 3  # files in the DVC-tracked folder: each is one object on the remote, plus the folder's .dir
@@ -43,7 +43,7 @@ def test_retry_returns_after_transient_failures_and_logs_each(caplog):
             raise Flaky(f"boom {len(calls)}")
         return "ok"
 
-    with caplog.at_level(logging.WARNING, logger="flows.retry"):
+    with caplog.at_level(logging.WARNING, logger="flows.ops.retry"):
         assert retry(fn, "thing", attempts=4, base_delay=1.0, max_delay=8.0, retry_on=Flaky, sleep=slept.append) == "ok"
     assert len(calls) == 3 and len(slept) == 2
     assert 0.5 <= slept[0] <= 1.0 and 1.0 <= slept[1] <= 2.0  # exponential, jittered within [d/2, d]
@@ -146,7 +146,7 @@ def test_the_proxy_forwards_faithfully_and_injects_s3_errors(moto, s3_env):
 
 @pytest.mark.slow  # seconds of real SDK backoff
 def test_boto3_sources_retry_s3_errors_a_bounded_number_of_times(moto, s3_env, tmp_path):
-    from flows.sources import fetch_s3
+    from flows.data.sources import fetch_s3
     from gan_core.ingest.report import IngestError
 
     name = bucket(moto, "source-data")
@@ -227,7 +227,7 @@ def test_dvc_push_survives_s3_errors_that_outlast_dvcs_own_retries(moto, s3_env,
     k = S3_MAX_ATTEMPTS * FILES + 2
     s3_env.fail(k)
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="flows.retry"):
+    with caplog.at_level(logging.WARNING, logger="flows.ops.retry"):
         versioning.push(s, "make")
     elapsed = time.monotonic() - started
     assert s3_env.pending == 0 and s3_env.failed == k  # every injected failure was hit...
@@ -253,7 +253,7 @@ def test_dvc_push_against_a_persistent_error_fails_clearly_in_bounded_time_and_r
 
     s3_env.fail_forever()
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="flows.retry"), pytest.raises(versioning.VersioningError) as ei:
+    with caplog.at_level(logging.WARNING, logger="flows.ops.retry"), pytest.raises(versioning.VersioningError) as ei:
         versioning.push(s, "make")
     elapsed = time.monotonic() - started
     s3_env.heal()
@@ -264,7 +264,7 @@ def test_dvc_push_against_a_persistent_error_fails_clearly_in_bounded_time_and_r
     assert len(retries_logged(caplog)) == DVC_PUSH_ATTEMPTS - 1
     # the bound: DVC_PUSH_ATTEMPTS pushes x S3_MAX_ATTEMPTS requests for each of the FILES objects, no more
     assert s3_env.failed == DVC_PUSH_ATTEMPTS * S3_MAX_ATTEMPTS * FILES
-    # per push <= 7 s of botocore backoff + DVC's start-up; <= 7 s between pushes (flows/retry.py)
+    # per push <= 7 s of botocore backoff + DVC's start-up; <= 7 s between pushes (flows/ops/retry.py)
     assert elapsed < 120, elapsed
     # nothing half-recorded: the remote is exactly as before (no v2 file, no v2 .dir), dvc.lock as
     # `dvc commit` left it, and DVC sees v2 as not pushed while v1 is still whole on the remote
@@ -281,7 +281,7 @@ def test_dvc_push_does_not_retry_an_error_retrying_cannot_fix(moto, s3_env, tmp_
     s = dvc_workspace(tmp_path, "no-such-bucket")
     new_version(s, "1")
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="flows.retry"), \
+    with caplog.at_level(logging.WARNING, logger="flows.ops.retry"), \
             pytest.raises(versioning.VersioningError, match="NoSuchBucket|does not exist"):
         versioning.push(s, "make")
     assert retries_logged(caplog) == [] and time.monotonic() - started < 30
@@ -297,8 +297,8 @@ def ray_s3(tmp_path_factory, moto):
     """Local Ray (2 CPUs) whose run storage is s3://RAY_BUCKET/ray through the proxy. The proxy
     and the AWS variables are set before ray.init so that every worker inherits them."""
     from conftest import tiny_config
-    from flows.prepare import prepare
-    from flows.settings import configure_environment
+    from flows.stages.prepare import prepare
+    from flows.ops.settings import configure_environment
 
     proxy = FaultyS3Proxy(moto.endpoint)
     saved = {k: os.environ.get(k) for k in (*proxy.env(), "AWS_RETRY_MODE", "AWS_MAX_ATTEMPTS")}
@@ -379,7 +379,7 @@ def restore_point(moto, run: str, tmp: Path) -> tuple[dict, list[str]]:
 
 @pytest.mark.slow
 def test_ray_checkpoints_survive_transient_s3_errors(ray_s3, moto, tmp_path):
-    from flows.train import run_training
+    from flows.stages.train import run_training
     from gan_core.checkpoint import load_checkpoint
 
     s, data, proxy = ray_s3
@@ -407,7 +407,7 @@ def test_ray_run_fails_clearly_on_persistent_s3_errors_and_keeps_the_last_good_c
     """Refusing the workers' checkpoint uploads: the worker fails, Ray restarts the group from the
     last registered checkpoint (max_failures=1), fails again, and the run fails. Refusing every write
     under the run also hits the controller's checkpoint_manager_snapshot.json: a controller error."""
-    from flows.train import TrainingError, run_training
+    from flows.stages.train import TrainingError, run_training
 
     s, data, proxy = ray_s3
     proxy.heal()
@@ -429,7 +429,7 @@ def test_ray_run_fails_clearly_on_persistent_s3_errors_and_keeps_the_last_good_c
     # ...a bounded number of times: per worker-group attempt (max_failures=1: two), Ray's upload
     # retries x the SDK's; and the controller's snapshot write, once
     assert refused_requests <= 2 * RAY_UPLOAD_ATTEMPTS * PYARROW_S3_MAX_ATTEMPTS + PYARROW_S3_MAX_ATTEMPTS
-    # per checkpoint <= ~25 s of backoff (flows/retry.py), twice, plus a worker-group restart
+    # per checkpoint <= ~25 s of backoff (flows/ops/retry.py), twice, plus a worker-group restart
     assert elapsed < 180, elapsed
     ckpt, incomplete = restore_point(moto, run, tmp_path)
     assert 0 < ckpt["step"] < STEPS and ckpt["step"] % EVERY == 0, ckpt["step"]

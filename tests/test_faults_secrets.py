@@ -115,8 +115,8 @@ def test_credentials_leak_not_into_the_error_of_a_failed_push(tmp_path):
     assert files_with_marker(ws) == []
 
 
-def _settings(tmp: Path, mlflow_uri: str):
-    from flows.settings import Settings
+def cli_settings(tmp: Path, mlflow_uri: str):
+    from flows.ops.settings import Settings
 
     return Settings(workspace=tmp, home=tmp / ".ganpipe", mlflow_uri=mlflow_uri, ray_address=None,
                     dvc_remote="ganpipe-local", dvc_remote_url=None, ray_storage=str(tmp / "ray"))
@@ -125,23 +125,23 @@ def _settings(tmp: Path, mlflow_uri: str):
 def test_embedded_backends_drop_the_credentials_they_never_use(tmp_path, monkeypatch):
     """The cause of the leak the slow test caught: with an embedded store MLflow still tagged logged
     models `mlflow.user=<MLFLOW_TRACKING_USERNAME>`; Ray workers and DVC inherit whatever remains."""
-    from flows.settings import drop_unused_credentials
+    from flows.ops.settings import drop_unused_credentials
 
     creds = {"MLFLOW_TRACKING_USERNAME": "u", "MLFLOW_TRACKING_PASSWORD": "p", "PREFECT_API_KEY": "k"}
     for k, v in creds.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    assert sorted(drop_unused_credentials(_settings(tmp_path, f"sqlite:///{tmp_path}/m.db"))) == sorted(creds)
+    assert sorted(drop_unused_credentials(cli_settings(tmp_path, f"sqlite:///{tmp_path}/m.db"))) == sorted(creds)
     assert not any(k in os.environ for k in creds)
 
 
 def test_servers_keep_their_credentials(tmp_path, monkeypatch):
-    from flows.settings import drop_unused_credentials
+    from flows.ops.settings import drop_unused_credentials
 
     for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PREFECT_API_KEY"):
         monkeypatch.setenv(k, "x")
     monkeypatch.setenv("PREFECT_API_URL", "https://prefect.example/api")
-    assert drop_unused_credentials(_settings(tmp_path, "https://mlflow.example")) == []
+    assert drop_unused_credentials(cli_settings(tmp_path, "https://mlflow.example")) == []
     assert os.environ["MLFLOW_TRACKING_PASSWORD"] == os.environ["PREFECT_API_KEY"] == "x"
 
 

@@ -122,7 +122,7 @@ def test_a_lost_ray_cluster_is_named_with_where_the_checkpoints_are_kept():
     within ~20 s of SIGKILLing the head's process group), versus a worker's own error."""
     from ray.exceptions import ActorUnavailableError
 
-    from flows.train import failure_message
+    from flows.stages.train import failure_message
 
     lost = ActorUnavailableError("RPC error: Socket closed", None)
     msg = failure_message(lost, "r1", "127.0.0.1:6379", "s3://ganpipe/ray")

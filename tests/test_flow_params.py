@@ -2,7 +2,7 @@ from gan_core.models import ARCHS
 
 
 def test_flow_offers_every_family_as_a_choice():
-    from flows.pipeline import pipeline
+    from flows.stages.pipeline import pipeline
 
     props = pipeline.parameters.model_dump()["properties"]
     choices = next(a["enum"] for a in props["arch"]["anyOf"] if "enum" in a)
@@ -25,7 +25,7 @@ def test_flow_dataset_parameter_is_validated_like_the_cli(tmp_path, monkeypatch)
     shutil.copy(root / "data" / "catalog.yaml", tmp_path / "data" / "catalog.yaml")
     monkeypatch.setenv("GANPIPE_WORKSPACE", str(tmp_path))
     monkeypatch.setenv("GANPIPE_HOME", str(tmp_path / ".ganpipe"))
-    from flows.pipeline import pipeline
+    from flows.stages.pipeline import pipeline
 
     with pytest.raises(ConfigError, match="unknown dataset 'nope'"):
         pipeline.fn(dataset="nope")  # the flow body, without a Prefect server: validation comes first

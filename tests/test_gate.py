@@ -1,6 +1,6 @@
 import math
 
-from flows.gate import Scored, decide
+from flows.registry.gate import Scored, decide
 
 
 def test_first_valid_model_becomes_champion():

@@ -8,7 +8,7 @@ import pytest
 import ray
 import yaml
 
-from flows.params import load_config
+from flows.ops.params import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 KUBERAY = ROOT / "infra" / "kuberay"

@@ -59,9 +59,9 @@ def servers(tmp_path_factory):
             stop(pid_file)
 
 
-def _settings(root: Path, mlflow_uri: str):
+def cli_settings(root: Path, mlflow_uri: str):
     """A workspace and a GANPIPE_HOME of one machine."""
-    from flows.settings import Settings
+    from flows.ops.settings import Settings
 
     ws, home = root / "ws", root / "home"
     ws.mkdir(parents=True), home.mkdir()
@@ -72,7 +72,7 @@ def _settings(root: Path, mlflow_uri: str):
 def _race_registry(uri: str, name: str) -> dict[float, str]:
     """Champion FID 15, candidates FID 10 and 12, one fingerprint (as test_faults_registry's, with a
     remote source: the server refuses local paths). Returns {fid: version}."""
-    from flows.tracking import CHAMPION, client
+    from flows.registry.tracking import CHAMPION, client
 
     c = client(uri)
     c.create_registered_model(name)
@@ -84,9 +84,9 @@ def _race_registry(uri: str, name: str) -> dict[float, str]:
 
 def _promoter(settings, name: str, version: str, fid: float, go) -> None:
     """One machine's promotion (a spawned process; PREFECT_API_URL inherited)."""
-    from flows.gate import Scored
-    from flows.register import promote, promote_lock_path
-    from flows.tracking import client
+    from flows.registry.gate import Scored
+    from flows.stages.register import promote, promote_lock_path
+    from flows.registry.tracking import client
 
     c = client(settings.mlflow_uri)
     if not go.wait(120):
@@ -112,7 +112,7 @@ def _race(tmp_path, servers, monkeypatch, name: str) -> tuple[dict, float]:
     """FID 10 promotes first; once it holds its lock, FID 12 goes (both from the FID 15 champion)."""
     monkeypatch.setenv("PREFECT_API_URL", servers["prefect"])  # inherited by the spawned promoters
     monkeypatch.setenv("GANPIPE_FAULT_PROMOTE_DELAY", str(DELAY))
-    a, b = _settings(tmp_path / "machine-a", servers["mlflow"]), _settings(tmp_path / "machine-b", servers["mlflow"])
+    a, b = cli_settings(tmp_path / "machine-a", servers["mlflow"]), cli_settings(tmp_path / "machine-b", servers["mlflow"])
     versions = _race_registry(servers["mlflow"], name)
     ctx = multiprocessing.get_context("spawn")
     go_a, go_b = ctx.Event(), ctx.Event()

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_config
-from flows.prepare import prepare
-from flows.settings import Settings, configure_environment
-from flows.train import run_training
+from flows.stages.prepare import prepare
+from flows.ops.settings import Settings, configure_environment
+from flows.stages.train import run_training
 from gan_core.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -104,7 +104,7 @@ def test_growing_and_style_families_train_under_ddp_on_two_workers(setup, arch, 
 
 
 def _mlflow_run(s, name):
-    from flows.tracking import client, experiment_id
+    from flows.registry.tracking import client, experiment_id
 
     c = client(s.mlflow_uri)
     exp = experiment_id(c, "faults", (s.home / "mlartifacts").as_uri())

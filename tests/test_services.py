@@ -68,7 +68,7 @@ def stack(tmp_path_factory):
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         env_file = home / "ganpipe.env"
-        from flows.settings import read_env_file
+        from flows.ops.settings import read_env_file
 
         yield Stack(ws, {**base, "GANPIPE_ENV_FILE": str(env_file)}, read_env_file(env_file))
     finally:

@@ -47,7 +47,7 @@ class Stack:
 
     def services(self, *args: str) -> subprocess.CompletedProcess:
         out = self.ganpipe("services", *args, env=self.base)
-        from flows.settings import read_env_file
+        from flows.ops.settings import read_env_file
 
         env_file = Path(self.env["GANPIPE_ENV_FILE"])
         if env_file.exists():

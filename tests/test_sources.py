@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from flows import sources
+from flows.data import sources
 from gan_core.ingest.ingest import read_local
 from gan_core.ingest.policy import IngestPolicy
 from gan_core.ingest.report import IngestError

@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flows import versioning
-from flows.evaluate import json_safe
-from flows.gate import Scored, decide, decision_label, fid_from_record, recorded_decision, same_registration
-from flows.locks import file_lock, server_lock
-from flows.records import read_record, write_record
-from flows.settings import Settings, without_password
-from flows.tracking import CHAMPION, champion_version, client, model_name
+from flows.data import versioning
+from flows.stages.evaluate import json_safe
+from flows.registry.gate import Scored, decide, decision_label, fid_from_record, recorded_decision, same_registration
+from flows.ops.locks import file_lock, server_lock
+from flows.stages.records import read_record, write_record
+from flows.ops.settings import Settings, without_password
+from flows.registry.tracking import CHAMPION, champion_version, client, model_name
 from gan_core.checkpoint import load_checkpoint, rebuild
 from gan_core.config import PipelineConfig
 from gan_core.models import family_for
@@ -52,7 +52,7 @@ def promote_lock_path(settings: Settings, name: str) -> Path:
 
 
 def _fault_delay() -> None:
-    from flows.drills import seam
+    from flows.ops.drills import seam
 
     raw = seam(PROMOTE_DELAY_ENV)  # a no-op unless GANPIPE_DRILLS=1
     if not raw:
@@ -276,8 +276,8 @@ def register(settings: Settings, cfg: PipelineConfig, lineage: dict) -> dict:
     first asks its /health, so a dead server costs milliseconds, not MLflow's minutes of retries).
     A try is safe to repeat: a version already registered for this run and checkpoint is reused.
     Then it fails with RegistryUnavailable saying where the checkpoint is kept."""
-    from flows.retry import RetriesExhausted, retry
-    from flows.tracking import check_reachable, transient
+    from flows.ops.retry import RetriesExhausted, retry
+    from flows.registry.tracking import check_reachable, transient
 
     def once() -> dict:
         check_reachable(settings.mlflow_uri)

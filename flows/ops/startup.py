@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from flows.locks import file_lock
-from flows.settings import Settings
+from flows.ops.locks import file_lock
+from flows.ops.settings import Settings
 
 
 def lock_path(s: Settings):
@@ -39,6 +39,6 @@ def start_shared_state(s: Settings, on_wait: Callable[[str], None] | None = None
                 if (error := client.api_healthcheck()) is not None:
                     raise error
         if sqlite_mlflow:
-            from flows.tracking import client
+            from flows.registry.tracking import client
 
             client(s.mlflow_uri).search_experiments(max_results=1)  # creates and migrates the tables

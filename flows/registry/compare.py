@@ -11,11 +11,11 @@ from pathlib import Path
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from flows.tracking import CHAMPION
+from flows.registry.tracking import CHAMPION
 
 MISSING = "?"
 THROUGHPUT = "train/images_per_s"
-# Row.params key -> run param (flows.tracking.flat_params names them `section.field`)
+# Row.params key -> run param (flows.registry.tracking.flat_params names them `section.field`)
 PARAMS = {"loss": "model.loss", "z_dim": "model.z_dim", "batch_size": "train.batch_size",
           "lr_g": "train.lr_g", "lr_d": "train.lr_d", "num_workers": "train.num_workers"}
 

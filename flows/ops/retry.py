@@ -2,24 +2,24 @@
 
 Where each S3 client retries, and the bounds (measured against tests/faulty_s3.py in front of moto):
 
-* boto3 clients (flows/sources.py): botocore "standard" mode, S3_MAX_ATTEMPTS requests per call,
+* boto3 clients (flows/data/sources.py): botocore "standard" mode, S3_MAX_ATTEMPTS requests per call,
   full-jitter backoff rand(0, 1) * 2**i s between them: at most 1 + 2 + 4 = 7 s of waiting per call.
   (Left alone, botocore's "legacy" mode makes 5 attempts with up to 1 + 2 + 4 + 8 = 15 s.)
 * DVC (dvc-s3 -> s3fs -> aiobotocore) reads AWS_RETRY_MODE / AWS_MAX_ATTEMPTS from its environment:
-  `flows.versioning` sets them (unless the user did) to standard / S3_MAX_ATTEMPTS. On top of that,
+  `flows.data.versioning` sets them (unless the user did) to standard / S3_MAX_ATTEMPTS. On top of that,
   s3fs retries only throttling (SlowDown) and socket-level errors, 5 times, sleeping 0.1 * 1.7**i s
   (1.9 s in all); a 500 InternalError is not retried by s3fs. Per object and `dvc push`, that is
   4 requests (500) or 5 * 4 = 20 requests (SlowDown), measured: 6 s and 48 s for a 2-file push that
   fails throughout. DVC uploads in parallel and never uploads a folder's .dir object unless every
   file in it arrived, so a failed push leaves the remote claiming nothing new.
-  `flows.versioning.push` runs that whole push up to DVC_PUSH_ATTEMPTS times with `retry` below
+  `flows.data.versioning.push` runs that whole push up to DVC_PUSH_ATTEMPTS times with `retry` below
   (0.5-1, 1-2, 2-4 s between pushes) when its output looks transient (5xx, SlowDown, a refused or
   dropped connection; never a config error, a missing bucket or denied access): a push that fails
   throughout gives up after 4 pushes = 4 * 4 requests per object, about 4 * (DVC start-up ~3 s +
   <= 7 s) + <= 7 s ~ 50 s on 500s (measured 42-46 s for 3 files on a loaded 2-core machine; 26 s
   with the endpoint refusing connections), ~4 * 50 s ~ 3.5 min on throttling (more with many
   objects: DVC uploads 4 per core at a time and tries every one).
-* pyarrow's S3FileSystem (Ray Train's checkpoint storage, flows/train.py `run_storage`): the AWS C++
+* pyarrow's S3FileSystem (Ray Train's checkpoint storage, flows/stages/train.py `run_storage`): the AWS C++
   SDK's standard strategy, PYARROW_S3_MAX_ATTEMPTS requests per call, backoff rand(0, 1 s) * 2**i
   (measured with the proxy), at most 1 + 2 + 4 = 7 s per call. Ray Train (2.60, V2) wraps each
   checkpoint upload in its own retry: RAY_UPLOAD_ATTEMPTS uploads, 1 and 2 s (+-20%) apart, when the

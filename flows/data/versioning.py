@@ -17,8 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from flows.retry import DVC_PUSH_ATTEMPTS, RetriesExhausted, aws_retry_env, retry
-from flows.settings import Settings
+from flows.ops.retry import DVC_PUSH_ATTEMPTS, RetriesExhausted, aws_retry_env, retry
+from flows.ops.settings import Settings
 
 
 class VersioningError(RuntimeError):
@@ -27,7 +27,7 @@ class VersioningError(RuntimeError):
 
 def dvc(settings: Settings, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     # DVC's S3 client (aiobotocore) reads its retry policy from the environment: bounded standard
-    # retries per request unless the user chose (see flows/retry.py for every layer's bound)
+    # retries per request unless the user chose (see flows/ops/retry.py for every layer's bound)
     proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=settings.workspace,
                           capture_output=True, text=True, env=aws_retry_env(dict(os.environ)))
     if check and proc.returncode != 0:

@@ -17,17 +17,17 @@ from prefect.cache_policies import NONE
 from prefect.runtime import deployment, flow_run
 from pydantic import Field
 
-from flows import versioning
-from flows.evaluate import evaluate
-from flows.faults import eval_fault
-from flows.locks import file_lock
-from flows.params import load_config
-from flows.prepare import prepare
-from flows.register import register
-from flows.settings import Settings, load_settings
-from flows.summary import mlflow_links, run_summary, skip_summary
-from flows.tracking import SAME_INPUTS, client, model_name, trained_from_same_inputs
-from flows.train import train_stage
+from flows.data import versioning
+from flows.stages.evaluate import evaluate
+from flows.ops.faults import eval_fault
+from flows.ops.locks import file_lock
+from flows.ops.params import load_config
+from flows.stages.prepare import prepare
+from flows.stages.register import register
+from flows.ops.settings import Settings, load_settings
+from flows.stages.summary import mlflow_links, run_summary, skip_summary
+from flows.registry.tracking import SAME_INPUTS, client, model_name, trained_from_same_inputs
+from flows.stages.train import train_stage
 from gan_core.config import ConfigError, PipelineConfig
 from gan_core.data import DataError, load_manifest
 from gan_core.files import write_text_atomic

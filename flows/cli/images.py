@@ -9,7 +9,8 @@ from typing import Optional
 import torch
 import typer
 
-from flows.cli import _fail, _load_generator, _settings, app
+from flows.cli.app import fail, cli_settings, app
+from flows.cli.loading import load_generator
 from gan_core.images import image_files, make_grid, read_image, save_png
 
 
@@ -26,7 +27,7 @@ def family_of(G):
 def heldout_samples(s, G, n: int, seed: int) -> tuple[torch.Tensor, int]:
     """input | output | target triplets of the first held-out rows of the prepared dataset named by
     params.yaml's data.name (the data the model is evaluated on)."""
-    from flows.params import load_config
+    from flows.ops.params import load_config
     from gan_core.data import load_prepared
     from gan_core.metrics.heldout import heldout_evaluator
 
@@ -36,14 +37,14 @@ def heldout_samples(s, G, n: int, seed: int) -> tuple[torch.Tensor, int]:
     try:
         ev = heldout_evaluator(family, options, load_prepared(folder))
     except (ValueError, FileNotFoundError) as e:
-        _fail(f"sample: the held-out inputs come from {folder}: {e}")
+        fail(f"sample: the held-out inputs come from {folder}: {e}")
     return ev.samples(G, 3 * n, seed), ev.columns
 
 
 def _inputs(path: Path, channels: int) -> list[tuple[str, torch.Tensor]]:
     """(name, (1, C, H, W) image) for a single file or every image of a folder; sizes may differ."""
     if not path.exists():
-        _fail(f"{path}: no such file or folder")
+        fail(f"{path}: no such file or folder")
     files = image_files(path) if path.is_dir() else [path]
     return [(f.stem, read_image(f, channels)) for f in files]
 
@@ -54,32 +55,32 @@ def translate(model: str = typer.Argument(..., help="models:/NAME@champion, mode
               out: Path = typer.Argument(..., metavar="OUT", help="output folder (or .png file for one input)"),
               direction: Optional[str] = typer.Option(None, help="for models with several directions: a2b | b2a")):
     """Translate or upscale images with an image-conditioned model (pix2pix, cyclegan, srgan, ...)."""
-    s = _settings()
+    s = cli_settings()
     from gan_core.metrics.heldout import translate as run
 
-    G = _load_generator(s, model)
+    G = load_generator(s, model)
     meta = getattr(G, "exported_as", {})
     if "input" not in meta:
-        _fail(f"{model}: generates from noise; use `ganpipe sample` (translate needs a model that reads images)")
+        fail(f"{model}: generates from noise; use `ganpipe sample` (translate needs a model that reads images)")
     family, _ = family_of(G)
     d = 0
     if family.directions:
         names = family.directions
         if direction is None or direction not in names:
-            _fail(f"--direction: {model} translates {' or '.join(names)}; choose one (got {direction!r})")
+            fail(f"--direction: {model} translates {' or '.join(names)}; choose one (got {direction!r})")
         d = names.index(direction)
     elif direction is not None:
-        _fail(f"--direction: {model} has one direction only")
+        fail(f"--direction: {model} has one direction only")
     try:
         images = _inputs(inp, int(meta["input"]["channels"]))
     except (ValueError, FileNotFoundError) as e:
-        _fail(str(e))
+        fail(str(e))
     single = len(images) == 1 and out.suffix.lower() == ".png"
     for name, x in images:
         try:
             y = run(family, G, x, direction=d).clamp(-1, 1)
         except Exception as e:  # an exported program refuses sizes its architecture cannot take
-            _fail(f"{inp / name if inp.is_dir() else inp}: {tuple(x.shape[-2:])} cannot be translated: {e}")
+            fail(f"{inp / name if inp.is_dir() else inp}: {tuple(x.shape[-2:])} cannot be translated: {e}")
         target = out if single else out / f"{name}.png"
         save_png(target, make_grid(y, 1, pad=0, scale=1),
                  {"model": model, "input": name, "direction": direction or ""})

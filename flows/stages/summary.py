@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from urllib.parse import quote
 
-from flows.settings import without_password
+from flows.ops.settings import without_password
 
 
 def mlflow_links(tracking_uri: str, experiment_id: str | None, run_id: str | None, model: str,

@@ -1,7 +1,7 @@
 """Fault seams for drills and tests, owned by the code so no test edits it: environment variables
 read once by the driver and handed to the workers.
 
-Seams act only when drills are switched on explicitly with GANPIPE_DRILLS=1 (flows/drills.py).
+Seams act only when drills are switched on explicitly with GANPIPE_DRILLS=1 (flows/ops/drills.py).
 
 GANPIPE_FAULT_AT=STEP[:RANK[:KIND]]: after step STEP (or the first step past it, after a resume)
 on rank RANK (default 0), once per run unless KIND is `always`:
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from flows.drills import seam
+from flows.ops.drills import seam
 from gan_core.steps import unwrap
 from gan_core.train import Callback, TrainState
 

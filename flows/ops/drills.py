@@ -1,6 +1,6 @@
 """Fault drills are switched on explicitly, or not at all.
 
-Fault seams (GANPIPE_FAULT_AT, GANPIPE_FAULT_EVAL, GANPIPE_FAULT_PROMOTE_DELAY; see flows/faults.py)
+Fault seams (GANPIPE_FAULT_AT, GANPIPE_FAULT_EVAL, GANPIPE_FAULT_PROMOTE_DELAY; see flows/ops/faults.py)
 act only when GANPIPE_DRILLS=1: a stray seam variable in a production environment (a copied .env,
 a shell left over from a drill) is ignored with a warning instead of killing real training.
 GANPIPE_PROFILE=production refuses GANPIPE_DRILLS=1 outright, when settings are loaded, so a

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from flows.faults import FaultAt, seam
-from flows.records import write_record
-from flows.resume import CKPT_NAME
-from flows.settings import Settings, without_password
-from flows.verdict import Verdict, divergence_verdict
+from flows.ops.faults import FaultAt, seam
+from flows.stages.records import write_record
+from flows.stages.resume import CKPT_NAME
+from flows.ops.settings import Settings, without_password
+from flows.stages.verdict import Verdict, divergence_verdict
 from gan_core.checkpoint import (gather, gather_rng_states, load_checkpoint, restore, save_checkpoint,
                                  to_checkpoint)
 from gan_core.config import PipelineConfig
@@ -160,10 +160,10 @@ def hand_back(rank: int, state: TrainState, point) -> None:
 
 def resume(state: TrainState, world: int, rank: int):
     """Restore the newest valid checkpoint of this run on storage, whether or not Ray's controller
-    recorded it (see flows/resume.py); returns the ResumePoint (what was restored, what was skipped)."""
+    recorded it (see flows/stages/resume.py); returns the ResumePoint (what was restored, what was skipped)."""
     import ray.train
 
-    from flows.resume import agreed_resume_point
+    from flows.stages.resume import agreed_resume_point
 
     storage = ray.train.get_context().get_storage()
     recorded = ray.train.get_checkpoint()
@@ -188,7 +188,7 @@ def mlflow_callbacks(config: dict, cfg: PipelineConfig, data_dir: Path, manifest
     """Rank 0's MLflow side: where the ranks ran, what a resume skipped, metric and monitor streams.
     Steps already in the run's history (logged before a crash, replayed after the resume) are not
     logged twice: deterministic replay gives the same values, so the first copy stands."""
-    from flows.tracking import MlflowMetrics, client, last_logged_step, mlflow_monitor
+    from flows.registry.tracking import MlflowMetrics, client, last_logged_step, mlflow_monitor
 
     c, run_id = client(config["mlflow_uri"]), config["mlflow_run_id"]
     c.set_tag(run_id, "ray.node_ids", ",".join(nodes))
@@ -221,7 +221,7 @@ def run_storage(uri: str):
         return uri, None
     from urllib.parse import urlparse
 
-    from flows.retry import s3_filesystem
+    from flows.ops.retry import s3_filesystem
 
     endpoint = urlparse(os.environ.get("AWS_ENDPOINT_URL", ""))
     kw = {"endpoint_override": endpoint.netloc, "scheme": endpoint.scheme or "https"} if endpoint.netloc else {}
@@ -310,7 +310,7 @@ def final_checkpoint(result, storage_path: str, storage_fs, run_name: str, steps
     import pyarrow.fs
     import ray.train
 
-    from flows.resume import newest_valid
+    from flows.stages.resume import newest_valid
 
     fs = storage_fs or pyarrow.fs.LocalFileSystem()
     recorded = result.checkpoint.path if result.checkpoint is not None else None
@@ -366,8 +366,8 @@ def run_name_for(settings: Settings, cfg: PipelineConfig, manifest: dict) -> str
     checkpoints in Ray's storage and resumes instead of starting over."""
     import hashlib
 
-    from flows import versioning
-    from flows.tracking import model_name
+    from flows.data import versioning
+    from flows.registry.tracking import model_name
 
     inputs = f"{cfg.params_hash()}|{manifest['content_sha256']}|{versioning.code_version(settings)}"
     return f"{model_name(cfg)}-{hashlib.sha256(inputs.encode()).hexdigest()[:12]}"
@@ -376,7 +376,7 @@ def run_name_for(settings: Settings, cfg: PipelineConfig, manifest: dict) -> str
 def open_mlflow_run(c, exp: str, run_name: str, cfg: PipelineConfig, tags: dict) -> str:
     """The MLflow run of this training run: the one a crashed or earlier attempt opened (same
     run name), reopened, so one training run has one MLflow run and one curve; else a new one."""
-    from flows.tracking import start_run
+    from flows.registry.tracking import start_run
 
     found = c.search_runs([exp], filter_string=f"tags.`ray.run_name` = '{run_name}'", max_results=1,
                           order_by=["attributes.start_time DESC"])
@@ -391,8 +391,8 @@ def open_mlflow_run(c, exp: str, run_name: str, cfg: PipelineConfig, tags: dict)
 
 def train_stage(settings: Settings, cfg: PipelineConfig, lineage: dict) -> dict:
     """The train stage: open the MLflow run with its lineage tags, then train on Ray."""
-    from flows import versioning
-    from flows.tracking import client, experiment_id
+    from flows.data import versioning
+    from flows.registry.tracking import client, experiment_id
 
     prepared = settings.prepared_dir(cfg.data.name)
     manifest = load_manifest(prepared)

@@ -83,7 +83,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     from_file = {k: v for k, v in read_env_file(Path(env["GANPIPE_ENV_FILE"])).items() if k not in env} \
         if env.get("GANPIPE_ENV_FILE") else {}
     env.update(from_file)
-    from flows.drills import DrillsRefused, check_profile
+    from flows.ops.drills import DrillsRefused, check_profile
 
     try:
         check_profile(env)

@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flows import catalog, versioning
-from flows.settings import Settings
-from flows.sources import fetch, workdir
+from flows.data import catalog
+from flows.data import versioning
+from flows.ops.settings import Settings
+from flows.data.sources import fetch, workdir
 from gan_core.config import NAME_RE, ConfigError
 from gan_core.data import content_hash, load_manifest, load_prepared, write_prepared
 from gan_core.files import write_json_atomic

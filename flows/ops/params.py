@@ -94,8 +94,8 @@ def check_choices(cfg: PipelineConfig, workspace: Path | None = None) -> None:
 def check_dataset(cfg: PipelineConfig, workspace: Path) -> None:
     """data.name is a catalogued NAME[@VERSION] whose shape matches data.resolution/channels, or a
     built-in name (no version). Unknown names and versions list what exists."""
-    from flows import catalog
-    from flows.sources import builtin_kind, builtin_names
+    from flows.data import catalog
+    from flows.data.sources import builtin_kind, builtin_names
     from gan_core.models import family_for
 
     d = cfg.data

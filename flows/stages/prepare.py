@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from flows import catalog
-from flows.settings import Settings
-from flows.sources import IMAGE_BUILTINS, read_builtin
+from flows.data import catalog
+from flows.ops.settings import Settings
+from flows.data.sources import IMAGE_BUILTINS, read_builtin
 from gan_core.config import PipelineConfig
 from gan_core.data import load_manifest, load_prepared, normalise_images, write_prepared
 from gan_core.files import replace_dir
@@ -56,7 +56,7 @@ def prepare(settings: Settings, cfg: PipelineConfig) -> dict:
 
 
 def _from_catalog(settings: Settings, cfg: PipelineConfig, out: Path) -> dict:
-    from flows.datasets import restore
+    from flows.data.datasets import restore
 
     version, folder, entry = restore(settings, cfg.data.dataset, cfg.data.version)
     out.parent.mkdir(parents=True, exist_ok=True)

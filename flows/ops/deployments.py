@@ -37,7 +37,7 @@ class DeployConfig:
     def validate(self, path: Path) -> None:
         from prefect.schedules import validate_cron_string
 
-        from flows.pipeline import retrain
+        from flows.stages.pipeline import retrain
 
         try:
             validate_cron_string(self.cron)
@@ -52,7 +52,7 @@ class DeployConfig:
 def deployments(cfg: DeployConfig) -> list:
     from prefect.schedules import Cron
 
-    from flows.pipeline import pipeline, retrain
+    from flows.stages.pipeline import pipeline, retrain
 
     scheduled = retrain.to_deployment(
         name=cfg.retrain_name, schedule=Cron(cfg.cron, timezone=cfg.timezone), parameters=cfg.retrain_parameters,

@@ -146,9 +146,9 @@ def fetch_s3(uri: str, dest: Path, max_objects: int = 200_000, max_bytes: int = 
     bucket, _, prefix = uri[len("s3://"):].partition("/")
     if not bucket:
         raise IngestError(f"{uri}: expected s3://bucket/prefix")
-    from flows.retry import boto_config
+    from flows.ops.retry import boto_config
 
-    s3 = boto3.client("s3", config=boto_config())  # bounded standard retries (flows/retry.py)
+    s3 = boto3.client("s3", config=boto_config())  # bounded standard retries (flows/ops/retry.py)
     keys, total = [], 0
     try:
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):

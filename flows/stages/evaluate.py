@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from flows.records import read_record, write_record
-from flows.settings import Settings
+from flows.stages.records import read_record, write_record
+from flows.ops.settings import Settings
 from gan_core.checkpoint import CheckpointError, load_checkpoint, rebuild
 from gan_core.config import PipelineConfig
 from gan_core.data import load_manifest
@@ -26,7 +26,7 @@ from gan_core.metrics.frechet import MetricError
 
 def json_safe(obj):
     """Non-finite floats become null: JSON has no NaN (json.dumps would write `NaN`, which DVC and
-    strict parsers reject). Readers turn null back into nan (flows.gate.fid_from_record)."""
+    strict parsers reject). Readers turn null back into nan (flows.registry.gate.fid_from_record)."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
@@ -118,7 +118,7 @@ def evaluate(settings: Settings, cfg: PipelineConfig) -> dict:
 
 
 def _log_to_mlflow(settings: Settings, run_id: str, evaluation: dict, samples: Path) -> None:
-    from flows.tracking import client, log_metrics
+    from flows.registry.tracking import client, log_metrics
 
     c = client(settings.mlflow_uri)
     finite = {k: v for k, v in evaluation["metrics"].items() if math.isfinite(v)}

@@ -12,7 +12,7 @@ from typing import Iterator
 
 import yaml
 
-from flows.locks import file_lock
+from flows.ops.locks import file_lock
 from gan_core.config import ConfigError
 from gan_core.files import write_text_atomic
 

@@ -1,0 +1,23 @@
+"""The `ganpipe` command, one module per command group; importing each registers its commands."""
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from flows.cli import pipeline  # noqa: F401  (first: run, serve and stage head the help)
+from flows.cli import sampling, images, models, datasets, services  # noqa: F401  (register their commands)
+from flows.cli.app import app
+from gan_core.config import ConfigError
+
+
+def main() -> None:
+    try:
+        app()
+    except ConfigError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Datasets: sources, validated and DVC-versioned additions, the catalog."""

@@ -1,0 +1,1 @@
+"""Operating the pipeline: settings and params, locks, start-up, retries, deployments, fault drills."""

@@ -1,0 +1,1 @@
+"""MLflow: tracking runs, the registry and its champion gate, comparing versions."""
