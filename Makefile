@@ -1,6 +1,8 @@
 # Two commands do all set-up on a fresh machine: `make run` and `make test`.
-# Both create .venv (Python 3.11) and install the project with the CPU constraints on first use.
-PYTHON ?= python3.11
+# Both create .venv and install the project with the CPU constraints on first use.
+# The interpreter: PYTHON if given, else the first of python3.11 ... python3.14, python3 found on PATH
+# (the pinned stack resolves with binary wheels on 3.11-3.14; this machine and CI have 3.11).
+PYTHON ?= $(firstword $(foreach p,python3.11 python3.12 python3.13 python3.14 python3,$(shell command -v $(p) 2>/dev/null)))
 VENV ?= .venv
 CONSTRAINTS ?= constraints-cpu.txt
 # Machines without a local CPU torch wheel: TORCH_INDEX=<PyTorch's CPU (or CUDA) wheel index URL>
@@ -21,6 +23,8 @@ browser:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; }
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
+	@test -n "$(PYTHON)" || { echo "no python3.11+ on PATH: install one or run make PYTHON=/path/to/python3.x" >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "$(PYTHON) is older than 3.11, which ganpipe needs (make PYTHON=...)" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(if $(TORCH_INDEX),$(BIN)/python -m pip install --index-url $(TORCH_INDEX) torch==2.13.0)
 	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e '.[test]'
@@ -40,6 +44,7 @@ run: $(STAMP)
 	$(BIN)/ganpipe run $(ARGS)
 
 test: $(STAMP) $(S3STAMP) browser
+	@$(BIN)/python -c 'import platform, sys; print("tests on Python", platform.python_version(), "at", sys.executable)'
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # the dvc.yaml stages without Prefect; their cmds call `ganpipe`, so the venv goes on PATH
