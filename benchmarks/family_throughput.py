@@ -12,7 +12,6 @@ writes benchmarks/results/family_throughput.{json,md}
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -25,6 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.report import table, write_report  # noqa: E402
 from benchmarks.train_throughput import Rates, cpu_peak_gflops, steady  # noqa: E402
 from gan_core.config import PipelineConfig  # noqa: E402
 from gan_core.data import ShardedBatches  # noqa: E402
@@ -120,17 +120,12 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"steps": args.steps, "global_batch": args.batch, "resolution": args.resolution, "rows": rows,
               "cpu_peak_gflops": peak, "cpu_peak": peak_desc, "torch": torch.__version__,
               "python": platform.python_version(), "threads": torch.get_num_threads()}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "family_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# Family throughput ({args.steps} steps, global batch {args.batch}, {args.resolution} px grey, "
-             f"{result['threads']} threads)", "", f"CPU peak: {peak:.0f} GFLOP/s = {peak_desc}", "",
-             "| family | images/s (steady) | vs dcgan | MFLOP/image/step | GFLOP/s | % of peak |",
-             "|---|---|---|---|---|---|"]
-    for name, r in rows.items():
-        lines.append(f"| {name} | {r['images_per_s']:.0f} | {r['speed_vs_dcgan']:.2f} | "
-                     f"{r['flops_per_image'] / 1e6:.2f} | {r['gflops']:.2f} | {100 * r['fraction_of_peak']:.1f}% |")
-    (args.out / "family_throughput.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+             f"{result['threads']} threads)", "", f"CPU peak: {peak:.0f} GFLOP/s = {peak_desc}", ""]
+    lines += table(["family", "images/s (steady)", "vs dcgan", "MFLOP/image/step", "GFLOP/s", "% of peak"],
+                   [[name, f"{r['images_per_s']:.0f}", f"{r['speed_vs_dcgan']:.2f}", f"{r['flops_per_image'] / 1e6:.2f}",
+                     f"{r['gflops']:.2f}", f"{100 * r['fraction_of_peak']:.1f}%"] for name, r in rows.items()])
+    write_report("family_throughput", result, lines, args.out)
     return result
 
 

@@ -7,7 +7,6 @@ writes benchmarks/results/fid_throughput.{json,md}
 """
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import sys
@@ -21,6 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.report import table, write_report  # noqa: E402
 from gan_core.metrics import backbone as domain  # noqa: E402
 from gan_core.metrics.frechet import frechet_distance  # noqa: E402
 from gan_core.metrics.inception import FIDInceptionV3  # noqa: E402
@@ -66,15 +66,10 @@ def main() -> None:
     sq = sqrt_times()
     result = {"feature_images_per_s": rows, "sqrt_2048_seconds": sq, "threads": torch.get_num_threads(),
               "torch": torch.__version__}
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "fid_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [f"# FID cost ({torch.get_num_threads()} threads)", "", "| feature extraction | images/s |", "|---|---|"]
-    lines += [f"| {k} | {v:.1f} |" for k, v in rows.items()]
-    lines += ["", "| 2048-d Fréchet distance | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v:.3f} |" for k, v in sq.items()]
-    (out / "fid_throughput.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    lines = [f"# FID cost ({torch.get_num_threads()} threads)", ""]
+    lines += table(["feature extraction", "images/s"], [[k, f"{v:.1f}"] for k, v in rows.items()])
+    lines += [""] + table(["2048-d Fréchet distance", "seconds"], [[k, f"{v:.3f}"] for k, v in sq.items()])
+    write_report("fid_throughput", result, lines)
 
 
 if __name__ == "__main__":

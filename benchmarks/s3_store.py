@@ -6,7 +6,6 @@ writes benchmarks/results/s3_store.{json,md}
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -21,6 +20,10 @@ import boto3
 from botocore.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.report import table, write_report  # noqa: E402
+
 BIN = Path(sys.executable).parent
 SIZES = (("64KiB", 64 << 10, 300), ("8MiB", 8 << 20, 12))  # (label, bytes, objects)
 ENV = {**os.environ, "AWS_ACCESS_KEY_ID": "bench-key", "AWS_SECRET_ACCESS_KEY": "bench-secret-not-a-secret"}
@@ -92,12 +95,7 @@ def main(repeats: int) -> dict:
 
 if __name__ == "__main__":
     result = main(int(sys.argv[1]) if len(sys.argv) > 1 else 3)
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "s3_store.json").write_text(json.dumps(result, indent=2) + "\n")
     cols = list(next(iter(result.values())))
-    md = ["# Local S3 store: s3rver (disk) vs moto_server (memory), medians", "",
-          "| store | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    md += [f"| {name} | " + " | ".join(str(v[c]) for c in cols) + " |" for name, v in result.items()]
-    (out / "s3_store.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    md = ["# Local S3 store: s3rver (disk) vs moto_server (memory), medians", ""]
+    md += table(["store"] + cols, [[name] + [v[c] for c in cols] for name, v in result.items()])
+    write_report("s3_store", result, md)

@@ -15,7 +15,6 @@ writes benchmarks/results/train_throughput.{json,md}
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -30,10 +29,12 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.report import table, write_report  # noqa: E402
 from flows.ops.settings import Settings, configure_environment  # noqa: E402
 from gan_core.config import PipelineConfig  # noqa: E402
 from gan_core.data import ShardedBatches, load_prepared  # noqa: E402
-from gan_core.train import Callback, build_state, train  # noqa: E402
+from gan_core.state import Callback  # noqa: E402
+from gan_core.train import build_state, train  # noqa: E402
 
 LOG_EVERY = 50
 
@@ -143,18 +144,13 @@ def main() -> None:
               "python": platform.python_version(), "rows": rows, "target_ray_1w_ratio": 0.97,
               "ray_1w_meets_target": rows["ray_1w"]["ratio_vs_plain"] >= 0.97,
               "note": "ratio_vs_plain of *_1thread rows is against plain_1thread"}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "train_throughput.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# Train throughput ({args.steps} steps, global batch {args.batch}, {result['model']})", "",
              f"CPU peak: {peak:.0f} GFLOP/s = {peak_desc}; {fpi / 1e6:.2f} MFLOP per image per step", "",
-             "Rows ending in _1thread compare against plain_1thread (one core left to Ray's daemons).", "",
-             "| path | images/s (steady) | ratio vs plain | GFLOP/s | % of peak | wall s (incl. start-up) |",
-             "|---|---|---|---|---|---|"]
-    for name, r in rows.items():
-        lines.append(f"| {name} | {r['images_per_s']:.0f} | {r['ratio_vs_plain']:.3f} | {r['gflops']:.2f} | "
-                     f"{100 * r['fraction_of_peak']:.1f}% | {r['wall_s']:.1f} |")
-    (args.out / "train_throughput.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+             "Rows ending in _1thread compare against plain_1thread (one core left to Ray's daemons).", ""]
+    lines += table(["path", "images/s (steady)", "ratio vs plain", "GFLOP/s", "% of peak", "wall s (incl. start-up)"],
+                   [[name, f"{r['images_per_s']:.0f}", f"{r['ratio_vs_plain']:.3f}", f"{r['gflops']:.2f}",
+                     f"{100 * r['fraction_of_peak']:.1f}%", f"{r['wall_s']:.1f}"] for name, r in rows.items()])
+    write_report("train_throughput", result, lines, args.out)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ config edited after the save, or a sampler that would resume on other batches, i
 """
 from __future__ import annotations
 
-import io
 import hashlib
 import json
 import random
@@ -20,9 +19,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from gan_core.config import PipelineConfig, canonical_json
-from gan_core.files import file_sha256, json_bytes, room_for, write_files_atomic
-from gan_core.train import TrainState, batch_position, build_state
+from gan_core.blobs import torch_bytes
+from gan_core.config import PipelineConfig
+from gan_core.files import canonical_json, file_sha256, json_bytes, room_for, write_files_atomic
+from gan_core.state import TrainState
+from gan_core.train import batch_position, build_state
 from gan_core.steps import unwrap
 
 # /2 added config_sha256, sampler and scaler; older formats are named so the refusal says why
@@ -103,9 +104,10 @@ def sampler_state(step: int, world: int, cfg: PipelineConfig) -> dict[str, int]:
             "world": world}
 
 
-def check_consistent(ckpt: dict) -> None:
+def check_consistent(ckpt: dict) -> PipelineConfig:
     """Refuse a checkpoint whose config was edited after the save (the file hash alone does not
-    catch that: whoever edits it can rewrite the sidecar) or whose sampler would resume elsewhere."""
+    catch that: whoever edits it can rewrite the sidecar) or whose sampler would resume elsewhere.
+    Returns the checkpoint's config, parsed on the way."""
     stored = ckpt.get("config_sha256") or ""
     actual = hashlib.sha256(canonical_json(ckpt.get("config")).encode()).hexdigest()
     if actual != stored:
@@ -116,12 +118,17 @@ def check_consistent(ckpt: dict) -> None:
     if stored_pos != expected_pos:
         raise CheckpointError(f"sampler position {stored_pos} in the checkpoint, but step {step} starts at batch "
                               f"{expected_pos}: a resumed run would read other batches than the original")
+    return cfg
 
 
 def restore(state: TrainState, ckpt: dict, rank: int = 0) -> TrainState:
     """Load every piece of ckpt into state (in place). RNG is restored for `rank` when the
     checkpoint holds that rank (same world size); otherwise the caller's seeding stands."""
     check_consistent(ckpt)
+    return _load_into(state, ckpt, rank)
+
+
+def _load_into(state: TrainState, ckpt: dict, rank: int) -> TrainState:
     if int(ckpt.get("n_classes", 0)) != state.n_classes:
         raise CheckpointError(f"checkpoint was built for {ckpt.get('n_classes', 0)} classes, this state for "
                               f"{state.n_classes}: the dataset's labels changed; train from scratch")
@@ -154,10 +161,9 @@ def restore_scaler(state: TrainState, saved: dict) -> None:
 
 def rebuild(ckpt: dict, device: torch.device | str = "cpu") -> tuple[PipelineConfig, TrainState]:
     """Config + a full TrainState from a checkpoint alone (nanoGPT's `model_args` idea)."""
-    check_consistent(ckpt)  # before the config builds anything
-    cfg = PipelineConfig.from_dict(ckpt["config"])
+    cfg = check_consistent(ckpt)  # before the config builds anything
     state = build_state(cfg, device, int(ckpt.get("n_classes", 0)))
-    return cfg, restore(state, ckpt, rank=len(ckpt["rng"]))  # rank past the end: leave RNG alone
+    return cfg, _load_into(state, ckpt, rank=len(ckpt["rng"]))  # rank past the end: leave RNG alone
 
 
 # ---- files -------------------------------------------------------------------------------------
@@ -204,13 +210,3 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> dict:
 def sidecar_path(path: str | Path) -> Path:
     path = Path(path)
     return path.with_name(path.name + ".json")
-
-
-def torch_bytes(obj: Any) -> bytes:
-    """torch.save into memory: through a buffer the archive carries no file name, so equal
-    content gives equal bytes (and equal DVC hashes)."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
-
-

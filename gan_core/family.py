@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from gan_core.config import DataConfig, ModelConfig, PipelineConfig, TrainConfig
-    from gan_core.train import TrainState
+    from gan_core.config import PipelineConfig
+    from gan_core.sections import DataConfig, ModelConfig, TrainConfig
+    from gan_core.state import TrainState
 
 DATASET_KINDS = ("unconditional", "labelled", "paired", "unpaired", "superres")
 IMAGE_KINDS = ("paired", "unpaired", "superres")  # the generator reads an image, not noise

@@ -86,6 +86,11 @@ def write_json_atomic(path: str | Path, obj: dict) -> None:
     write_bytes_atomic(path, json_bytes(obj))
 
 
+def canonical_json(obj) -> str:
+    """One text per value (sorted keys, no spaces): what config and fingerprint hashes are taken of."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
 def json_bytes(obj: dict) -> bytes:
     """Sorted keys and a trailing newline, so equal content gives equal bytes (and DVC hashes)."""
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()

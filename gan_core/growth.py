@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan_core.config import ConfigError
+from gan_core.sections import ConfigError
 
 
 @dataclass(frozen=True)

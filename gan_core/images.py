@@ -36,12 +36,17 @@ def save_png(path: str | Path, array: np.ndarray, provenance: dict) -> Path:
     """Write a PNG whose text chunk `ganpipe` holds provenance (model, step, seed, ...) as JSON."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, png_bytes(array, provenance))
+    return path
+
+
+def png_bytes(array: np.ndarray, provenance: dict) -> bytes:
+    """The PNG save_png writes (also served over HTTP): same array and provenance, same bytes."""
     info = PngImagePlugin.PngInfo()
     info.add_text("ganpipe", json.dumps(provenance, sort_keys=True))
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG", pnginfo=info)
-    write_bytes_atomic(path, buf.getvalue())
-    return path
+    return buf.getvalue()
 
 
 def read_provenance(path: str | Path) -> dict:

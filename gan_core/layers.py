@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan_core.config import MINIBATCH
+from gan_core.sections import MINIBATCH
 
 
 def maybe_sn(module: nn.Module, enabled: bool) -> nn.Module:

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from gan_core.config import TrainConfig
-    from gan_core.train import TrainState
+    from gan_core.sections import TrainConfig
+    from gan_core.state import TrainState
 
 
 def unwrap(model: nn.Module) -> nn.Module:

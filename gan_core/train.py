@@ -2,68 +2,26 @@
 without gan_core importing them."""
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from gan_core.config import ConfigError, PipelineConfig, TrainConfig
-from gan_core.family import Family
 from gan_core.growth import Fixed, Growth
-from gan_core.losses import LOSSES, LossPair
+from gan_core.losses import LOSSES
 from gan_core.models import family_for
+from gan_core.state import Callback, TrainState
 from gan_core.steps import unwrap
 
 
 class DivergedError(RuntimeError):
     """A loss became NaN/Inf: training stops; retrying the same config would diverge again."""
-
-
-@dataclass
-class TrainState:
-    family: Family
-    G: nn.Module  # DDP-wrapped when distributed
-    D: nn.Module
-    G_ema: nn.Module  # never wrapped: an average of G's weights, used for evaluation and export
-    opt_g: torch.optim.Optimizer
-    opt_d: torch.optim.Optimizer
-    loss: LossPair
-    device: torch.device
-    n_classes: int = 0  # classes of the dataset a conditional family was built for (0: unconditional)
-    world: int = 1
-    step: int = 0
-    images_seen: int = 0
-    bf16: bool = False
-    channels_last: bool = False
-    extra: dict = field(default_factory=dict)  # family-specific state (phase, image pools); checkpointed
-    options: Any = None  # the family's Options (its `family:` config section), or None
-    # fp16 loss scaling; None on CPU and with bf16 (same exponent range as fp32: nothing to scale).
-    # Checkpointed when present, so a resumed fp16 run keeps its scale instead of re-warming it.
-    scaler: torch.amp.GradScaler | None = None
-
-    def autocast(self):
-        if self.bf16:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-
-class Callback:
-    """Hooks the loop calls; override what you need. All run on every rank unless a caller filters."""
-
-    def on_step(self, state: TrainState) -> None: ...
-
-    def on_log(self, state: TrainState, metrics: dict[str, float]) -> None: ...
-
-    def on_checkpoint(self, state: TrainState) -> None: ...
-
-    def on_train_end(self, state: TrainState) -> None: ...
 
 
 def build_state(cfg: PipelineConfig, device: torch.device | str = "cpu", n_classes: int = 0) -> TrainState:

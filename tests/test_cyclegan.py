@@ -33,7 +33,8 @@ from gan_core.config import ConfigError, DataConfig, ModelConfig, TrainConfig
 from gan_core.losses import LOSSES
 from gan_core.models.cyclegan import (Options, Translator, build_discriminator, build_generator, heldout, infer,
                                       pool_draw, score, step)
-from gan_core.train import TrainState, ema_update
+from gan_core.state import TrainState
+from gan_core.train import ema_update
 
 
 def make_state(res: int = 8, width: int = 8, seed: int = 0, lr: float = 2e-4, **opts) -> TrainState:

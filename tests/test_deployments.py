@@ -7,7 +7,7 @@ import pytest
 
 from flows.ops.deployments import CONCURRENCY, DeployConfig, deployments
 from flows.ops.locks import file_lock
-from flows.stages.pipeline import FORM, form_overrides, pipeline
+from flows.stages.pipeline import FORM, form_settings, pipeline
 from flows.ops.settings import SettingsError, load_settings, read_env_file
 from flows.stages.summary import mlflow_links, run_summary, skip_summary
 from gan_core.config import ConfigError
@@ -51,9 +51,11 @@ def test_the_run_form_is_typed_and_validated():
     assert all(props[k].get("description") for k in FORM)  # help text under each field in the UI
 
 
-def test_form_values_become_overrides_and_free_overrides_win():
-    out = form_overrides({"steps": 30, "use_gpu": False, "arch": None, "dataset": "pets@v2"}, ["train.steps=40"])
-    assert out == ["train.steps=30", "train.use_gpu=false", "data.name=pets@v2", "train.steps=40"]
+def test_form_values_become_typed_settings():
+    out = form_settings({"steps": 30, "use_gpu": False, "arch": None, "dataset": "pets@v2", "promotion_margin": 1e-05})
+    assert out == [(("train", "steps"), 30), (("train", "use_gpu"), False), (("data", "name"), "pets@v2"),
+                   (("register", "promotion_margin"), 1e-05)]
+    assert [type(v) for _, v in out] == [int, bool, str, float]  # never re-read from text: 1e-05 stays a number
 
 
 def test_markdown_summary_links_to_the_mlflow_server():

@@ -87,13 +87,13 @@ FORM_CASES = [
 @pytest.mark.parametrize("form,overrides,field", FORM_CASES)
 def test_form_values_are_refused_naming_the_field(tmp_path, form, overrides, field):
     from flows.ops.params import load_config
-    from flows.stages.pipeline import form_overrides
+    from flows.stages.pipeline import form_settings
     from gan_core.config import ConfigError
 
     ws = _workspace(tmp_path)
     params = (ws / "params.yaml").read_bytes()
     with pytest.raises(ConfigError) as e:
-        load_config(ws / "params.yaml", form_overrides(form, overrides), write=False)
+        load_config(ws / "params.yaml", overrides or [], write=False, values=form_settings(form))
     assert e.value.field == field and str(e.value).startswith(f"{field}: ")
     assert (ws / "params.yaml").read_bytes() == params
 

@@ -7,7 +7,8 @@ from conftest import blobs
 from gan_core.checkpoint import load_checkpoint, restore, rng_state, save_checkpoint, to_checkpoint
 from gan_core.config import PipelineConfig
 from gan_core.data import ShardedBatches
-from gan_core.train import Callback, batch_position, build_state, schedule, train
+from gan_core.state import Callback
+from gan_core.train import batch_position, build_state, schedule, train
 
 GROWING = {  # 4 -> 16 px at batch 8; at 4 px a step reads 2 batches
     "progan": {"progan": {"fade_images": 32, "stable_images": 8, "phase_batch": "4:2"}},

@@ -8,7 +8,8 @@ from conftest import blobs, tiny_config
 from gan_core.data import ShardedBatches, load_manifest
 from gan_core.metrics.evaluator import load_evaluator
 from gan_core.metrics.monitor import FIDMonitor
-from gan_core.train import Callback, build_state, train
+from gan_core.state import Callback
+from gan_core.train import build_state, train
 
 
 @pytest.fixture

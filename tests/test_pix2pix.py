@@ -19,7 +19,7 @@ from gan_core.config import ConfigError, DataConfig, ModelConfig, TrainConfig
 from gan_core.losses import LOSSES
 from gan_core.models.pix2pix import (Options, PatchDiscriminator, UNetGenerator, build_discriminator,
                                      build_generator, heldout, score, step)
-from gan_core.train import TrainState
+from gan_core.state import TrainState
 
 
 def make_state(res=8, channels=1, width=8, seed=0, options=Options(), lr=2e-4) -> TrainState:
@@ -120,7 +120,7 @@ def test_exported_generator_has_dynamic_batch_and_size():
 def test_options_errors_name_the_field(field, value):
     with pytest.raises(ConfigError) as err:
         Options(**{field: value})
-    assert err.value.field == f"pix2pix.{field}"
+    assert err.value.field == f"family.{field}"  # config adds the family: family.pix2pix.<field>
 
 
 # ---------------------------------------------------------------- the train step

@@ -10,12 +10,13 @@ import torch
 
 from gan_core.config import ConfigError, DataConfig, ModelConfig, PipelineConfig, TrainConfig
 from gan_core.equalized import EqualConv2d, EqualLinear, PixelNorm, StddevMap
-from gan_core.losses import LOSSES
 from gan_core.models.progan import (Discriminator, Generator, Options, build_discriminator, build_generator, check,
                                     step)
 from gan_core.models.progan import schedule
 from gan_core.growth import growth_of, stage_reals
-from gan_core.train import Callback, TrainState, build_state, train
+from gan_core.state import Callback, TrainState
+from gan_core.train import build_state, train
+from states import grey_batch, train_state
 
 RES, Z = 16, 16
 STAGES = [(4, 1.0), (8, 0.0), (8, 0.5), (8, 1.0), (16, 0.0), (16, 0.25), (16, 1.0)]
@@ -184,15 +185,11 @@ def test_export_at_the_final_stage_matches_eager_with_any_batch():
 # ---------------------------------------------------------------- training
 def make_state(options: Options, width=4, res=RES, seed=0) -> TrainState:
     G, D = nets(res=res, width=width, options=options, seed=seed)
-    return TrainState(family=None, G=G, D=D, G_ema=copy.deepcopy(G).eval().requires_grad_(False),
-                      opt_g=torch.optim.Adam(G.parameters(), 1e-3, betas=(0.0, 0.99)),
-                      opt_d=torch.optim.Adam(D.parameters(), 1e-3, betas=(0.0, 0.99)),
-                      loss=LOSSES["wasserstein"], device=torch.device("cpu"), options=options)
+    return train_state(G, D, options, 1e-3, "wasserstein")
 
 
 def batch(n=8, res=RES, seed=0) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    return {"images": torch.randint(0, 256, (n, 1, res, res), dtype=torch.uint8, generator=g)}
+    return grey_batch(n, res, seed)
 
 
 def test_one_step_sets_the_stage_merges_its_batches_and_trains_both_nets():

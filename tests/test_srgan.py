@@ -21,7 +21,7 @@ from gan_core.metrics.frechet import MetricError
 from gan_core.models.srgan import (Discriminator, Options, SRResNet, build_discriminator, build_generator, heldout,
                                    score, step)
 from gan_core.resample import downsample, upsample
-from gan_core.train import TrainState
+from gan_core.state import TrainState
 
 
 def make_state(res=16, channels=1, width=8, seed=0, options=Options(scale=2, blocks=2, warmup_steps=0),

@@ -21,11 +21,12 @@ import pytest
 import torch
 
 from gan_core.config import ConfigError, DataConfig, ModelConfig, PipelineConfig, TrainConfig
-from gan_core.losses import LOSSES
 from gan_core.models import stylegan as sg
 from gan_core.models.stylegan import (AdaIN, Discriminator, Generator, ModulatedConv, NoiseInput, Options,
                                       Sampler, build_discriminator, build_generator, check, r1_penalty, schedule, step)
-from gan_core.train import Callback, TrainState, build_state, train
+from gan_core.state import Callback, TrainState
+from gan_core.train import build_state, train
+from states import grey_batch, train_state
 
 RES, Z = 16, 16
 VERSIONS = ("v1", "v2")
@@ -198,15 +199,11 @@ def test_training_mixing_crossovers_come_from_the_global_rng():
 def make_state(version="v2", width=8, seed=0, **kw) -> TrainState:
     G, D = nets(version, width=width, seed=seed, **kw)
     o = Options(version=version, mapping_layers=2, **kw)
-    return TrainState(family=None, G=G, D=D, G_ema=copy.deepcopy(G).eval().requires_grad_(False),
-                      opt_g=torch.optim.Adam(G.parameters(), 2.5e-3, betas=(0.0, 0.99)),
-                      opt_d=torch.optim.Adam(D.parameters(), 2.5e-3, betas=(0.0, 0.99)),
-                      loss=LOSSES["nonsat"], device=torch.device("cpu"), options=o)
+    return train_state(G, D, o, 2.5e-3, "nonsat")
 
 
 def batch(n=8, res=RES, seed=0) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    return {"images": torch.randint(0, 256, (n, 1, res, res), dtype=torch.uint8, generator=g)}
+    return grey_batch(n, res, seed)
 
 
 @pytest.mark.parametrize("version", VERSIONS)

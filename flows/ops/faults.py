@@ -28,7 +28,7 @@ import torch
 
 from flows.ops.drills import seam
 from gan_core.steps import unwrap
-from gan_core.train import Callback, TrainState
+from gan_core.state import Callback, TrainState
 
 KINDS = ("raise", "always", "kill", "nan", "stall", "desync")
 

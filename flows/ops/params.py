@@ -3,12 +3,18 @@
 Overrides behave like `dvc exp run -S key=value`: they are written into params.yaml (comments kept)
 before anything runs, so params.yaml, dvc.lock and the params hash on the model always agree.
 A bad override changes nothing: the merged config is validated first, then written.
+
+Typed values (the Prefect run form's ints, floats and bools) go in as they are, beside the overrides,
+never through text: `1e-05` re-read as YAML 1.1 is a string, not a number. The config is parsed once
+per params.yaml text and settings: a second load of the same inputs in the process (the CLI checks
+before Prefect starts, the flow checks again before it waits for the workspace lock and loads under
+it) returns the same frozen PipelineConfig.
 """
 from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 from ruamel.yaml import YAML
@@ -17,19 +23,33 @@ from gan_core.config import FAMILY, SECTIONS, ConfigError, PipelineConfig
 from gan_core.files import write_text_atomic
 
 
-def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
+Setting = tuple[tuple[str, ...], Any]  # (("train", "steps"), 500): where a value goes, and the value
+
+
+def parse_override(text: str) -> Setting:
     """`section.field=value`, or `family.<arch>.field=value` for a family's own settings."""
     if "=" not in text:
         raise ConfigError(text, "override must look like section.field=value (e.g. train.steps=500)")
     key, raw = text.split("=", 1)
-    parts = tuple(key.strip().split("."))
+    parts = setting_key(key.strip())
+    return parts, parse_value(key.strip(), raw)
+
+
+def setting_key(key: str) -> tuple[str, ...]:
+    """`train.steps` -> ("train", "steps"), refusing a key no section has room for."""
+    parts = tuple(key.split("."))
     nested = parts[0] == FAMILY
     if len(parts) != (3 if nested else 2) or not all(parts):
         raise ConfigError(key, "override key must be section.field (e.g. model.arch), or family.ARCH.field "
                                "(e.g. family.pix2pix.l1_lambda)")
     if parts[0] not in (*SECTIONS, FAMILY):
         raise ConfigError(key, f"unknown section {parts[0]!r} (known: {', '.join([*SECTIONS, FAMILY])})")
-    return parts, parse_value(key.strip(), raw)
+    return parts
+
+
+def typed_settings(values: dict[str, Any]) -> list[Setting]:
+    """`{"train.steps": 500}` -> settings that keep their types (None: leave params.yaml's value)."""
+    return [(setting_key(k), v) for k, v in values.items() if v is not None]
 
 
 def parse_value(key: str, raw: str) -> Any:
@@ -45,10 +65,18 @@ def parse_value(key: str, raw: str) -> Any:
 
 
 def read_params(path: Path) -> dict:
+    return _params_of(path, _params_text(path))
+
+
+def _params_text(path: Path) -> str:
     if not path.is_file():
         raise ConfigError(str(path), "params file not found")
+    return path.read_text()
+
+
+def _params_of(path: Path, text: str) -> dict:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(str(path), f"not valid YAML: {e}") from e
     if not isinstance(data, dict):
@@ -56,10 +84,35 @@ def read_params(path: Path) -> dict:
     return data
 
 
-def load_config(path: Path, overrides: list[str] | tuple[str, ...] = (), write: bool = True) -> PipelineConfig:
-    """Validate params.yaml with overrides applied; write the overrides back only if valid."""
-    data = read_params(path)
-    parsed = [parse_override(o) for o in overrides]
+def load_config(path: Path, overrides: list[str] | tuple[str, ...] = (), write: bool = True,
+                values: Sequence[Setting] = ()) -> PipelineConfig:
+    """Validate params.yaml with `values` (typed settings) and then `overrides` (`key=value` text, which
+    win, being applied last); write both back only if valid."""
+    text = _params_text(path)
+    parsed = [*values, *(parse_override(o) for o in overrides)]
+    shown = [f"{'.'.join(k)}={v}" for k, v in values] + list(overrides)
+    try:
+        cfg = _parsed(path, text, parsed)
+        check_choices(cfg, path.parent)
+    except ConfigError as e:
+        raise ConfigError(e.field, f"{e.reason} (in {path.name} with overrides {shown})") from e
+    if parsed and write:
+        _write_overrides(path, parsed)
+    return cfg
+
+
+_last: tuple[tuple, PipelineConfig] | None = None  # the last parse: its inputs and its config
+
+
+def _parsed(path: Path, text: str, parsed: list[Setting]) -> PipelineConfig:
+    """PipelineConfig of params.yaml's text with the settings applied: parsed once per distinct input.
+    The key is the text itself, not a modification time, so an edit in between is never missed; a
+    repr per value keeps 1, 1.0 and True apart."""
+    global _last
+    key = (str(path.resolve()), text, tuple((k, repr(v)) for k, v in parsed))
+    if _last is not None and _last[0] == key:
+        return _last[1]
+    data = _params_of(path, text)
     for keys, value in parsed:
         node = data
         for i, k in enumerate(keys[:-1]):
@@ -69,13 +122,8 @@ def load_config(path: Path, overrides: list[str] | tuple[str, ...] = (), write: 
                 raise ConfigError(".".join(keys[:i + 1]), f"{path}: section must be a mapping")
             node = node[k]
         node[keys[-1]] = value
-    try:
-        cfg = PipelineConfig.from_dict(data)
-        check_choices(cfg, path.parent)
-    except ConfigError as e:
-        raise ConfigError(e.field, f"{e.reason} (in {path.name} with overrides {list(overrides)})") from e
-    if parsed and write:
-        _write_overrides(path, parsed)
+    cfg = PipelineConfig.from_dict(data)
+    _last = (key, cfg)
     return cfg
 
 
@@ -89,6 +137,10 @@ def check_choices(cfg: PipelineConfig, workspace: Path | None = None) -> None:
         raise ConfigError("eval.backbone", f"unknown backbone {cfg.eval.backbone!r} (known: {', '.join(BACKBONES)})")
     if workspace is not None:
         check_dataset(cfg, workspace)
+
+
+def article(word: str) -> str:
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
 
 
 def check_dataset(cfg: PipelineConfig, workspace: Path) -> None:
@@ -108,7 +160,7 @@ def check_dataset(cfg: PipelineConfig, workspace: Path) -> None:
         if d.dataset in builtins and d.version is None:
             kind = builtin_kind(d.dataset)
             if kind not in usable:
-                raise ConfigError("data.name", f"built-in {d.dataset} is a {kind} dataset; {family.name} trains on "
+                raise ConfigError("data.name", f"built-in {d.dataset} is {article(kind)} dataset; {family.name} trains on "
                                                f"{' or '.join(usable)} data (model.arch={family.name})")
             return
         known = sorted(data["datasets"]) + [f"{n} (built-in)" for n in builtins]
@@ -118,7 +170,7 @@ def check_dataset(cfg: PipelineConfig, workspace: Path) -> None:
                                        f"`ganpipe dataset add NAME SOURCE`)")
     version, entry = catalog.resolve(data, d.dataset, d.version)
     if entry["kind"] not in usable:
-        raise ConfigError("data.name", f"{d.dataset}@{version} is a {entry['kind']} dataset; {family.name} trains on "
+        raise ConfigError("data.name", f"{d.dataset}@{version} is {article(entry['kind'])} dataset; {family.name} trains on "
                                        f"{' or '.join(usable)} data (model.arch={family.name})")
     if (entry["resolution"], entry["channels"]) != (d.resolution, d.channels):
         raise ConfigError("data.resolution", f"{d.dataset}@{version} is {entry['resolution']}x{entry['resolution']} "
@@ -126,9 +178,10 @@ def check_dataset(cfg: PipelineConfig, workspace: Path) -> None:
                                              f"{entry['resolution']} data.channels={entry['channels']}")
 
 
-def _write_overrides(path: Path, parsed: list[tuple[tuple[str, ...], Any]]) -> None:
+def _write_overrides(path: Path, parsed: list[Setting]) -> None:
     rt = YAML()  # round-trip: keeps comments and key order
     rt.preserve_quotes = True  # "off", "yes", "1e-4" stay strings for YAML 1.1 readers (PyYAML, DVC)
+    rt.representer.add_representer(float, _float_yaml11)
     doc = rt.load(path.read_text())
     for keys, value in parsed:
         node = doc
@@ -140,3 +193,15 @@ def _write_overrides(path: Path, parsed: list[tuple[tuple[str, ...], Any]]) -> N
     buf = io.StringIO()
     rt.dump(doc, buf)
     write_text_atomic(path, buf.getvalue())
+
+
+def _float_yaml11(representer, value: float):
+    """A float YAML 1.1 readers (PyYAML, DVC) read back as a float: ruamel writes 1e-05, which they
+    read as a string; 1.0e-05 is a float to both."""
+    text = repr(value)
+    if text in ("inf", "-inf", "nan"):
+        text = {"inf": ".inf", "-inf": "-.inf", "nan": ".nan"}[text]
+    elif "e" in text and "." not in text.split("e")[0]:
+        mantissa, exponent = text.split("e")
+        text = f"{mantissa}.0e{exponent}"
+    return representer.represent_scalar("tag:yaml.org,2002:float", text)

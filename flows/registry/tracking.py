@@ -11,7 +11,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from gan_core.config import PipelineConfig
-from gan_core.train import Callback, TrainState
+from gan_core.state import Callback, TrainState
 
 CHAMPION = "champion"
 log = logging.getLogger(__name__)

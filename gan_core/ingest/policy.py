@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gan_core.config import ConfigError
+from gan_core.sections import ConfigError
 
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
 MODES = ("convert", "reject")  # anything but L/RGB: convert it, or refuse the file

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gan_core.checkpoint import torch_bytes
+from gan_core.blobs import torch_bytes
 from gan_core.data import DataError, to_float
 from gan_core.files import file_sha256, write_bytes_atomic, write_json_atomic
 from gan_core.metrics import backbone as domain

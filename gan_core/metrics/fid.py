@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gan_core.config import canonical_json
+from gan_core.files import canonical_json
 from gan_core.files import write_json_atomic
 from gan_core.inference import set_mode
 from gan_core.latent import LatentSpec

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gan_core.config import canonical_json
+from gan_core.files import canonical_json
 from gan_core.data import PreparedDataset, heldout_arrays, to_float
 from gan_core.family import Family
 from gan_core.metrics.fid import Fingerprint, metric_name

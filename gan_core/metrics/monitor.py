@@ -14,7 +14,7 @@ import numpy as np
 
 from gan_core.images import make_grid
 from gan_core.metrics.fid import Fingerprint
-from gan_core.train import Callback, TrainState
+from gan_core.state import Callback, TrainState
 
 Sink = Callable[[int, dict, Fingerprint], None]  # step, metrics, fingerprint
 GridSink = Callable[[int, np.ndarray], None]  # step, uint8 sample grid (the same latents every time)

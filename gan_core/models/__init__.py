@@ -4,7 +4,7 @@ Families share bodies, layers, losses and the one train step; what differs is de
 """
 from __future__ import annotations
 
-from gan_core.config import ConfigError, ModelConfig
+from gan_core.sections import ConfigError, ModelConfig
 from gan_core.family import Family, Gate
 from gan_core.models import biggan, cyclegan, dcgan, pix2pix, progan, srgan, stylegan, vanilla
 from gan_core.steps import adversarial_step, clipped_step, info_step, ortho_step, penalty_step

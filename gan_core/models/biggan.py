@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan_core.config import ConfigError, DataConfig, ModelConfig
+from gan_core.sections import ConfigError, DataConfig, ModelConfig
 from gan_core.latent import LatentSpec
 from gan_core.layers import ConditionalBatchNorm2d, DHead, SelfAttention, maybe_sn
 from gan_core.models.dcgan import widths

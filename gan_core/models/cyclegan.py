@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gan_core.config import ConfigError, DataConfig, ModelConfig
+from gan_core.sections import DataConfig, ModelConfig
+from gan_core.options import choice, integer, number
 from gan_core.inference import run_batched
 from gan_core.metrics.frechet import MetricError
 from gan_core.metrics.pixel import l1
@@ -44,15 +45,10 @@ class Options:
 
     def __post_init__(self):
         for name in ("cycle_lambda", "identity"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ConfigError(f"family.{name}", f"must be a finite number >= 0, got {v!r}")
+            number(name, getattr(self, name))
         for name, low in (("pool_size", 0), ("blocks", 1)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ConfigError(f"family.{name}", f"must be an integer >= {low}, got {v!r}")
-        if self.norm not in NORMS:
-            raise ConfigError("family.norm", f"must be one of {NORMS}, got {self.norm!r}")
+            integer(name, getattr(self, name), low)
+        choice("norm", self.norm, NORMS)
 
 
 def _norm(kind: str, channels: int) -> nn.Module:

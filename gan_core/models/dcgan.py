@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gan_core.config import ConfigError, DataConfig, ModelConfig
+from gan_core.sections import ConfigError, DataConfig, ModelConfig
 from gan_core.latent import LatentSpec
 from gan_core.layers import DHead
 from gan_core.options import integer, number

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from gan_core.config import ConfigError, DataConfig, ModelConfig
+from gan_core.sections import DataConfig, ModelConfig
+from gan_core.options import choice, number
 from gan_core.inference import run_batched
 from gan_core.models.dcgan import dcgan_init
 from gan_core.phases import Ctx, Phase, Step, Term
@@ -40,14 +41,9 @@ class Options:
     dropout: float = 0.5  # dropout probability in the first decoder layers (train mode only)
 
     def __post_init__(self):
-        if isinstance(self.l1_lambda, bool) or not isinstance(self.l1_lambda, (int, float)) \
-                or not (math.isfinite(self.l1_lambda) and self.l1_lambda >= 0):
-            raise ConfigError("pix2pix.l1_lambda", f"must be a finite number >= 0, got {self.l1_lambda!r}")
-        if self.norm not in NORMS:
-            raise ConfigError("pix2pix.norm", f"must be one of {NORMS}, got {self.norm!r}")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
-                or not 0 <= self.dropout < 1:
-            raise ConfigError("pix2pix.dropout", f"must be in [0, 1), got {self.dropout!r}")
+        number("l1_lambda", self.l1_lambda)
+        choice("norm", self.norm, NORMS)
+        number("dropout", self.dropout, 0, 1, high_open=True)
 
 
 def _norm(kind: str, channels: int) -> nn.Module:

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan_core.config import ConfigError, DataConfig, ModelConfig
+from gan_core.sections import ConfigError, DataConfig, ModelConfig
 from gan_core.equalized import EqualConv2d, EqualLinear, PixelNorm, StddevMap
 from gan_core.growth import (Growth, Staged, check_growth, downsample, enter_stage, growth_of, levels, parse_phase_batch,
                              stage_reals, upsample)

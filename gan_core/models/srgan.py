@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan_core.config import ConfigError, DataConfig, ModelConfig
+from gan_core.sections import ConfigError, DataConfig, ModelConfig
+from gan_core.options import choice, integer, number
 from gan_core.inference import run_batched
 from gan_core.metrics import features as feats
 from gan_core.resample import downsample, upsample
@@ -33,8 +34,8 @@ from gan_core.phases import Ctx, Phase, Step, Term
 from gan_core.steps import images
 
 if TYPE_CHECKING:
-    from gan_core.config import TrainConfig
-    from gan_core.train import TrainState
+    from gan_core.sections import TrainConfig
+    from gan_core.state import TrainState
 
 SCALES = (2, 4)
 MIN_LR = 4  # px: the smallest LR side a 9x9 head and 3x3 blocks still see as an image
@@ -67,21 +68,13 @@ class Options:
     gan_lr_g: float = 1e-4
 
     def __post_init__(self):
-        if isinstance(self.scale, bool) or self.scale not in SCALES:
-            raise ConfigError("family.scale", f"must be one of {SCALES}, got {self.scale!r}")
-        if isinstance(self.blocks, bool) or not isinstance(self.blocks, int) or self.blocks < 1:
-            raise ConfigError("family.blocks", f"must be an integer >= 1, got {self.blocks!r}")
-        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < -1:
-            raise ConfigError("family.warmup_steps", f"must be an integer >= 0 (or -1: two thirds of train.steps), "
-                                                     f"got {self.warmup_steps!r}")
-        for name in ("adv_weight", "feature_weight", "gan_lr_g"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0):
-                raise ConfigError(f"family.{name}", f"must be a finite number >= 0, got {v!r}")
-        if self.gan_lr_g == 0:
-            raise ConfigError("family.gan_lr_g", "must be > 0 (G would not train in the GAN phase)")
-        if self.features not in feats.NAMES:
-            raise ConfigError("family.features", f"must be one of {feats.NAMES}, got {self.features!r}")
+        choice("scale", self.scale, SCALES)
+        integer("blocks", self.blocks, 1)
+        integer("warmup_steps", self.warmup_steps, -1, note=" (-1: two thirds of train.steps)")
+        for name in ("adv_weight", "feature_weight"):
+            number(name, getattr(self, name))
+        number("gan_lr_g", self.gan_lr_g, low_open=True)  # 0: G would not train in the GAN phase
+        choice("features", self.features, feats.NAMES)
 
 
 def _options(options) -> Options:

@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan_core.config import ConfigError, DataConfig, ModelConfig
+from gan_core.sections import ConfigError, DataConfig, ModelConfig
+from gan_core.options import integer, number
 from gan_core.equalized import EqualConv2d, EqualLinear, PixelNorm, StddevMap
 from gan_core.growth import (Fixed, Growth, Staged, check_growth, enter_stage, growth_of, levels, merge_batches,
                              parse_phase_batch, stage_reals)
@@ -89,19 +90,19 @@ class Options:
     def __post_init__(self):
         if self.version not in VERSIONS:
             raise ConfigError("family.version", f"must be one of {VERSIONS}, got {self.version!r}")
-        _int("w_dim", self.w_dim, 0)
-        _int("mapping_layers", self.mapping_layers, 1)
+        integer("w_dim", self.w_dim, 0)
+        integer("mapping_layers", self.mapping_layers, 1)
         for name in ("r1_every", "pl_every", "fade_images", "stable_images"):
-            _int(name, getattr(self, name), 1)
-        _int("start_resolution", self.start_resolution, 4)
+            integer(name, getattr(self, name), 1)
+        integer("start_resolution", self.start_resolution, 4)
         if self.start_resolution & (self.start_resolution - 1):
             raise ConfigError("family.start_resolution", f"must be a power of two, got {self.start_resolution}")
-        _number("mapping_lr_mul", self.mapping_lr_mul, 0, None, low_open=True)
-        _number("mixing_prob", self.mixing_prob, 0, 1)
-        _number("r1_gamma", self.r1_gamma, 0, None)
-        _number("pl_weight", self.pl_weight, 0, None)
-        _number("pl_decay", self.pl_decay, 0, 1, low_open=True)
-        _number("w_avg_beta", self.w_avg_beta, 0, 1)
+        number("mapping_lr_mul", self.mapping_lr_mul, 0, None, low_open=True)
+        number("mixing_prob", self.mixing_prob, 0, 1)
+        number("r1_gamma", self.r1_gamma, 0, None)
+        number("pl_weight", self.pl_weight, 0, None)
+        number("pl_decay", self.pl_decay, 0, 1, low_open=True)
+        number("w_avg_beta", self.w_avg_beta, 0, 1)
         if not isinstance(self.growth, bool):
             raise ConfigError("family.growth", f"must be true or false, got {self.growth!r}")
         if self.growth and self.version != "v1":
@@ -119,19 +120,6 @@ class Options:
         """resolution -> multiplier of train.batch_size (powers of two >= 4, multipliers >= 1)."""
         return parse_phase_batch(self.phase_batch, "family.phase_batch")
 
-
-def _int(name: str, v, low: int) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < low:
-        raise ConfigError(f"family.{name}", f"must be an integer >= {low}, got {v!r}")
-
-
-def _number(name: str, v, low: float, high: float | None, low_open: bool = False) -> None:
-    ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
-    ok = ok and (v > low if low_open else v >= low) and (high is None or v <= high)
-    if not ok:
-        top = f"{high}]" if high is not None else "inf)"
-        span = f"{'(' if low_open else '['}{low}, {top}"
-        raise ConfigError(f"family.{name}", f"must be a number in {span}, got {v!r}")
 
 
 def _options(options) -> Options:

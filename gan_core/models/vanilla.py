@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gan_core.config import DataConfig, ModelConfig
+from gan_core.sections import DataConfig, ModelConfig
 from gan_core.latent import LatentSpec
 from gan_core.layers import DHead
 
