@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -42,7 +44,8 @@ def _champion(ws) -> str | None:
 
 
 def _out(r: subprocess.CompletedProcess) -> str:
-    return r.stdout + r.stderr
+    log = re.search(r"^log: (\S+)$", r.stderr, re.M)  # Prefect's and Ray's own lines go to the run's log file
+    return r.stdout + r.stderr + (Path(log[1]).read_text() if log else "")
 
 
 def test_driver_killed_mid_training_then_retriggered_resumes_and_registers_once(ws):

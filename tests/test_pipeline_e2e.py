@@ -1,11 +1,14 @@
 """The main job end to end, as a user runs it: `ganpipe run` (Prefect ephemeral API, local Ray,
 MLflow on SQLite, local DVC remote) in an isolated workspace, twice; and the same stages via `dvc repro`."""
 import json
+import re
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
 
+from terminal import run_in_pty
 from workspace import BIN, env_for, ganpipe, make_workspace
 
 pytestmark = pytest.mark.slow
@@ -24,9 +27,19 @@ def _mlflow(ws):
 
 def test_run_twice_registers_gates_and_versions(tmp_path):
     ws = make_workspace(tmp_path)
-    first = ganpipe(ws, "run")
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    first = run_in_pty([str(BIN / "ganpipe"), "run"], ws, env_for(ws))  # at a terminal: stages, a bar, no logs
+    assert first.returncode == 0, first.stdout[-3000:]
     out = first.stdout
+    for i, stage in enumerate(["prepare", "train", "evaluate", "register"], 1):
+        assert f"[{i}/4] {stage} ...\r\n" in out and re.search(rf"\[{i}/4\] {stage} done in \d", out), out[-3000:]
+    steps = [int(n) for n in re.findall(r"\r\x1b\[K  \[[#-]+\] (\d+)/40 ", out)]  # the bar, redrawn in place
+    assert len(set(steps)) >= 2 and steps == sorted(steps) and steps[-1] == 40, out[-3000:]
+    assert not any(s in out for s in ("RayTrainWorker", "TrainController", "TrainingReport", "core_worker",
+                                      "Finished in state", "INFO")), out[-3000:]
+    log = Path(re.search(r"^log: (\S+)\r$", out, re.M)[1])
+    text = log.read_text()
+    assert log.parent == ws / ".ganpipe" / "logs" and "(RayTrainWorker pid=" in text and "\x1b" not in text
+    assert "Flow run" in text and "Finished in state Completed()" in text
     assert "fid_300 (domain-classifier, lower is better):" in out and f"{MODEL} v1" in out
     assert "champion:       yes: first valid model" in out and "prepare:        ran" in out
 
@@ -84,6 +97,8 @@ def test_run_twice_registers_gates_and_versions(tmp_path):
     second = ganpipe(ws, "run", "train.steps=80")
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "prepare:        skipped (unchanged)" in second.stdout
+    assert "[2/4] train done in" in second.stderr and "\x1b" not in second.stderr + second.stdout  # no TTY: no bar
+    assert re.search(r"^  \[#+\] 80/80 100%", second.stderr, re.M) and "Finished in state" not in second.stderr
     assert yaml.safe_load((ws / "params.yaml").read_text())["train"]["steps"] == 80
     reg2 = json.loads((ws / "reports" / "registration.json").read_text())
     assert reg2["version"] == "2"

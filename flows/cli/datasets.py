@@ -33,9 +33,12 @@ def dataset_add(
     Identical content gives back the existing version; a failed add leaves nothing behind."""
     s = cli_settings()
     from flows.data.datasets import add, report_json
+    from flows.ops.console import terminal_console
     from gan_core.files import DiskFullError
     from gan_core.ingest.policy import IngestPolicy
     from gan_core.ingest.report import IngestError
+
+    terminal_console()  # the phases and a count of the images on a TTY
 
     try:
         pol = IngestPolicy(resolution=resolution, channels=channels, modes=modes, resize=resize,

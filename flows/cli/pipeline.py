@@ -14,8 +14,11 @@ STAGES = ("prepare", "train", "evaluate", "register")
 
 
 @app.command()
-def run(overrides: Optional[List[str]] = typer.Argument(None, help="section.field=value, e.g. train.steps=500")):
-    """Run the whole pipeline (Prefect flow) on the configured services (embedded by default)."""
+def run(overrides: Optional[List[str]] = typer.Argument(None, help="section.field=value, e.g. train.steps=500"),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="Prefect's, Ray's and DVC's own lines on the "
+                                                                     "console instead of the log file")):
+    """Run the whole pipeline (Prefect flow) on the configured services (embedded by default). Shows each
+    stage and a training progress bar; everything else goes to GANPIPE_HOME/logs/run-<time>.log."""
     s = cli_settings()
     from flows.ops.params import load_config
 
@@ -23,27 +26,41 @@ def run(overrides: Optional[List[str]] = typer.Argument(None, help="section.fiel
         load_config(s.params_file, overrides or [], write=False)  # fail before Prefect starts
     except ConfigError as e:
         fail(str(e))
+    from flows.ops.console import open_console
+
+    con = open_console(s.home, verbose)  # before Prefect is imported: its handlers write to the log
     from flows.stages.pipeline import pipeline
     from flows.ops.startup import start_shared_state
 
     try:
         # runs started together in one home create its databases one at a time
-        start_shared_state(s, lambda who: typer.echo(f"waiting for another start-up in {s.home}: {who}", err=True))
+        start_shared_state(s, lambda who: con.note(f"waiting for another start-up in {s.home}: {who}"))
         out = pipeline(overrides=overrides or [])
     except Exception as e:  # Prefect has logged the traceback; end with the cause on one line
-        typer.secho(f"error: pipeline failed: {type(e).__name__}: {e}", fg="red", err=True)
+        con.error(f"error: pipeline failed: {type(e).__name__}: {e}{see_log(con)}")
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:  # Python's own report would go to the log file only
+        con.error(f"error: interrupted{see_log(con)}")
+        raise typer.Exit(130) from None
+    summary(con, out)
+
+
+def see_log(con) -> str:
+    return f" (see {con.log})" if con.log else ""
+
+
+def summary(con, out: dict) -> None:
     ev, reg = out["evaluation"], out["registration"]
     verdict = "yes" if reg["champion"] else "no"
-    typer.echo("")
+    con.echo("")
     better = "higher" if ev.get("higher_is_better") else "lower"
-    typer.echo(f"{ev['metric']} ({ev['fingerprint']['backbone']}, {better} is better): {ev['value']:.4f}")
+    con.echo(f"{ev['metric']} ({ev['fingerprint']['backbone']}, {better} is better): {ev['value']:.4f}")
     others = {k: v for k, v in ev["metrics"].items() if k != ev["metric"] and not k.endswith("_std")}
-    typer.echo("also:           " + ", ".join(f"{k}={v:.4f}" for k, v in others.items()))
-    typer.echo(f"model version:  {reg['model_name']} v{reg['version']}  ({reg['model_uri']})")
-    typer.echo(f"champion:       {verdict}: {reg['reason']}")
-    typer.echo(f"sample grid:    {ev['samples']}")
-    typer.echo(f"prepare:        {'skipped (unchanged)' if out['prepared']['skipped'] else 'ran'}")
+    con.echo("also:           " + ", ".join(f"{k}={v:.4f}" for k, v in others.items()))
+    con.echo(f"model version:  {reg['model_name']} v{reg['version']}  ({reg['model_uri']})")
+    con.echo(f"champion:       {verdict}: {reg['reason']}")
+    con.echo(f"sample grid:    {ev['samples']}")
+    con.echo(f"prepare:        {'skipped (unchanged)' if out['prepared']['skipped'] else 'ran'}")
 
 
 @app.command()

@@ -82,6 +82,7 @@ def evaluate(
     one image folder against another, with the evaluator fingerprint the numbers hold under."""
 
     s = cli_settings()
+    from flows.ops.console import counted, terminal_console
     from flows.ops.params import load_config
     from gan_core.data import load_manifest
     from gan_core.images import read_folder
@@ -104,7 +105,10 @@ def evaluate(
             metrics, fp = ev.score_images(read_folder(fake, channels), cfg.eval.batch_size, seed)
         elif model is not None:
             ev = load_evaluator(data_dir, load_manifest(data_dir), name)
-            metrics, fp = ev.evaluate(load_generator(s, model), n or cfg.eval.n_fake, seed, cfg.eval.batch_size)
+            G, count = load_generator(s, model), n or cfg.eval.n_fake
+            terminal_console()  # a count of the samples on a TTY
+            with counted(G, count):
+                metrics, fp = ev.evaluate(G, count, seed, cfg.eval.batch_size)
         else:
             fail("evaluate: give a model (models:/... or a checkpoint) or --real DIR --fake DIR")
     except (MetricError, ValueError, FileNotFoundError) as e:

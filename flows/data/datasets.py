@@ -20,6 +20,7 @@ import torch
 
 from flows.data import catalog
 from flows.data import versioning
+from flows.ops.console import counting, say
 from flows.ops.settings import Settings
 from flows.data.sources import fetch, workdir
 from gan_core.config import NAME_RE, ConfigError
@@ -41,7 +42,8 @@ def read(source: str, policy: IngestPolicy, kind: str) -> IngestResult:
         images, labels = got.arrays
         if kind in ("unconditional", "superres"):
             labels = None
-        result = ingest(array_entries(images, labels, source, got.class_names), policy, source)
+        result = ingest(counting(array_entries(images, labels, source, got.class_names), len(images), "checked"),
+                        policy, source)
         return replace(result, kind="superres") if kind == "superres" else result
 
 
@@ -71,6 +73,7 @@ def add(settings: Settings, name: str, source: str, policy: IngestPolicy, kind: 
         raise ConfigError("NAME", f"{name!r} must match {NAME_RE.pattern} (lower-case letters, digits, '-', '_')")
     if kind not in KINDS:
         raise ConfigError("--kind", f"must be one of {KINDS}, got {kind!r}")
+    say(f"reading {source} ...")
     result, heldout = with_heldout(read(source, policy, kind))
     ws = settings.workspace
     with catalog.locked(ws):
@@ -86,7 +89,9 @@ def add(settings: Settings, name: str, source: str, policy: IngestPolicy, kind: 
         gitignore = folder.parent / ".gitignore"
         before = gitignore.read_text() if gitignore.exists() else None
         try:
+            say(f"writing {name}@{version} ({len(result.images):,} images) and its reference statistics ...")
             manifest = _write_version(folder, name, version, source, policy, result, heldout)
+            say("dvc add and push ...")
             versioning.ensure_repo(settings)
             versioning.dvc(settings, "add", "--quiet", str(folder.relative_to(ws)))
             versioning.dvc(settings, "push", "--quiet", "-r", settings.dvc_remote, str(dvc_file.relative_to(ws)))

@@ -36,6 +36,12 @@ class Settings:
     def mlflow_artifacts(self) -> Path:
         return self.home / "mlartifacts"
 
+    @property
+    def mlflow_artifact_root(self) -> str | None:
+        """Where new experiments keep their files: under GANPIPE_HOME with a local database (else MLflow
+        would use ./mlruns of whatever folder the process runs in); a tracking server's own root otherwise."""
+        return self.mlflow_artifacts.as_uri() if self.mlflow_uri.startswith(("sqlite:", "file:")) else None
+
     def prepared_dir(self, dataset: str) -> Path:
         return self.workspace / "data" / "prepared" / dataset
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from flows.ops.console import counted
 from flows.stages.records import read_record, write_record
 from flows.ops.settings import Settings
 from gan_core.checkpoint import CheckpointError, load_checkpoint, rebuild
@@ -80,7 +81,8 @@ def evaluate(settings: Settings, cfg: PipelineConfig) -> dict:
     torch.manual_seed(e.seed)
     error = None
     try:
-        scores, fingerprint = evaluator.evaluate(module, n, e.seed, e.batch_size)
+        with counted(module, n):  # a count on the run's console, if any
+            scores, fingerprint = evaluator.evaluate(module, n, e.seed, e.batch_size)
     except MetricError as err:
         if torch.isfinite(raw_output(evaluator, module, n, e.seed, e.batch_size)).all():
             raise  # the generator's images are fine: the evaluator failed, which is a bug, not a score

@@ -11,11 +11,15 @@ import os
 import posixpath
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from flows.ops.faults import FaultAt, seam
+from flows.ops.progress import BoardReader, ProgressFeed, create_board, tee_monitor
+from flows.ops import console
+from flows.ops.console import Progress
 from flows.stages.records import write_record
 from flows.stages.resume import CKPT_NAME
 from flows.ops.settings import Settings, without_password
@@ -26,8 +30,8 @@ from gan_core.config import PipelineConfig
 from gan_core.data import ShardedBatches, load_manifest, load_prepared, training_arrays
 from gan_core.files import replace_dir
 from gan_core.replicas import check_replicas
-from gan_core.train import (Callback, DivergedError, TrainState, batch_position, build_state, distribute,
-                            train)
+from gan_core.state import Callback, TrainState
+from gan_core.train import DivergedError, batch_position, build_state, distribute, train
 
 
 
@@ -128,8 +132,12 @@ def train_loop_per_worker(config: dict) -> None:
     callbacks: list[Callback] = []
     if config.get("fault_at"):
         callbacks.append(FaultAt(config["fault_at"], rank, config["fault_marker"]))
+    feed = ProgressFeed(config["progress_board"].push.remote, cfg.train.steps) \
+        if rank == 0 and config.get("progress_board") is not None else None  # the driver's console
     if rank == 0 and config.get("mlflow_run_id"):  # ahead of the checkpoints: metrics are flushed before a report
-        callbacks += mlflow_callbacks(config, cfg, data_dir, data.manifest, nodes, point.skipped)
+        callbacks += mlflow_callbacks(config, cfg, data_dir, data.manifest, nodes, point.skipped, feed)
+    if feed is not None:
+        callbacks.append(feed)
     callbacks.append(RayCheckpoints(cfg, rank, config["meta"]))
     if state.step >= cfg.train.steps:  # a finished run re-triggered: hand back its final checkpoint,
         hand_back(rank, state, point)   # byte for byte, so registration sees the same candidate
@@ -184,7 +192,7 @@ def resume(state: TrainState, world: int, rank: int):
 
 
 def mlflow_callbacks(config: dict, cfg: PipelineConfig, data_dir: Path, manifest: dict, nodes: list[str],
-                     skipped: list[str]) -> list[Callback]:
+                     skipped: list[str], feed: ProgressFeed | None = None) -> list[Callback]:
     """Rank 0's MLflow side: where the ranks ran, what a resume skipped, metric and monitor streams.
     Steps already in the run's history (logged before a crash, replayed after the resume) are not
     logged twice: deterministic replay gives the same values, so the first copy stands."""
@@ -197,6 +205,8 @@ def mlflow_callbacks(config: dict, cfg: PipelineConfig, data_dir: Path, manifest
     floor = last_logged_step(c, run_id)
     out: list[Callback] = [MlflowMetrics(config["mlflow_uri"], run_id, floor=floor)]
     monitor = mlflow_monitor(cfg, data_dir, manifest, config["mlflow_uri"], run_id, floor=floor)
+    if monitor is not None and feed is not None:
+        tee_monitor(monitor, feed)  # the console's bar shows the last monitor score too
     return out + ([monitor] if monitor is not None else [])
 
 
@@ -266,7 +276,9 @@ def run_training(settings: Settings, cfg: PipelineConfig, data_dir: str, run_nam
             ray.init(address="local", num_cpus=os.cpu_count(), runtime_env={"env_vars": env_vars},
                      logging_level="WARNING")
         started = True
+    board = None
     try:
+        board = create_board() if console.active() is not None else None  # the console's progress feed
         cpus = _cpus_per_worker(cfg)
         storage_path, storage_fs = run_storage(settings.ray_storage)
         trainer = TorchTrainer(
@@ -276,7 +288,8 @@ def run_training(settings: Settings, cfg: PipelineConfig, data_dir: str, run_nam
                                "data_ref": ship_dataset(Path(data_dir)) if settings.ray_address else None,
                                "mlflow_uri": without_password(settings.mlflow_uri), "mlflow_run_id": mlflow_run_id,
                                "fault_at": seam("GANPIPE_FAULT_AT"),
-                               "fault_marker": str(settings.home / "faults" / f"{run_name}.fired")},
+                               "fault_marker": str(settings.home / "faults" / f"{run_name}.fired"),
+                               "progress_board": board},
             scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                                          resources_per_worker=None if cfg.train.use_gpu else {"CPU": cpus}),
             torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
@@ -287,7 +300,8 @@ def run_training(settings: Settings, cfg: PipelineConfig, data_dir: str, run_nam
         verdict = divergence_verdict(storage_path, storage_fs, run_name)
         verdict.delete()  # a re-triggered run is judged on its own steps
         try:
-            result = trainer.fit()
+            with progress_shown(board):
+                result = trainer.fit()
         except Exception as e:
             raise TrainingError(failure_message(e, run_name, settings.ray_address, settings.ray_storage)) from e
         if reason := verdict.read():  # before the checkpoint: it predates the divergence
@@ -301,6 +315,31 @@ def run_training(settings: Settings, cfg: PipelineConfig, data_dir: str, run_nam
     finally:
         if started:
             ray.shutdown()
+
+
+@contextmanager
+def progress_shown(board):
+    """While training: rank 0's reports drawn on the run's console (nothing without one)."""
+    if board is None:
+        yield
+        return
+    shown = Progress()
+
+    def render(item: dict) -> None:
+        shown.update(item)
+        if (c := console.active()) is not None:
+            c.training(shown)
+
+    try:
+        with BoardReader(board, render):
+            yield
+    finally:
+        import ray
+
+        try:
+            ray.kill(board)
+        except Exception:  # the cluster went first: its failure is the one reported
+            pass
 
 
 def final_checkpoint(result, storage_path: str, storage_fs, run_name: str, steps: int):
@@ -403,9 +442,7 @@ def train_stage(settings: Settings, cfg: PipelineConfig, lineage: dict) -> dict:
             "prefect_flow_run_id": lineage.get("prefect.flow_run_id", "none")}
     run_name = run_name_for(settings, cfg, manifest)
     c = client(settings.mlflow_uri)
-    embedded = settings.mlflow_uri.startswith(("sqlite:", "file:"))
-    exp = experiment_id(c, f"{cfg.register.model_prefix}-{cfg.data.dataset}",
-                        settings.mlflow_artifacts.as_uri() if embedded else None)
+    exp = experiment_id(c, f"{cfg.register.model_prefix}-{cfg.data.dataset}", settings.mlflow_artifact_root)
     tags = {"ray.run_name": run_name, "dataset.name": cfg.data.name, "model.arch": cfg.model.arch,
             **{f"lineage.{k}": str(v) for k, v in meta.items()}}
     run_id = open_mlflow_run(c, exp, run_name, cfg, tags)
