@@ -59,3 +59,13 @@ def prepared_blobs(tmp_path_factory):
     write_prepared(folder, images, labels, {"name": "blobs"},
                    extras=lambda tmp, m: build_evaluator(tmp, images, labels, m))
     return folder
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory):
+    """One MLflow server and one Prefect server on 127.0.0.1, what a team's machines share: started
+    once for every test that asks (cross-machine promotion, run history on the services)."""
+    from servers import team_servers
+
+    with team_servers(tmp_path_factory.mktemp("servers")) as urls:
+        yield urls

@@ -1,6 +1,5 @@
 """DDP replicas checked, not assumed: two gloo processes train a real family under DDP; the replica
 check passes while gradients are averaged and fails, naming the network, when they are not."""
-import socket
 
 import pytest
 import torch
@@ -10,12 +9,7 @@ import torch.multiprocessing as mp
 from conftest import blobs, tiny_config
 from gan_core.replicas import ReplicaMismatch, check_replicas, digest
 from gan_core.train import build_state, distribute, train
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from servers import free_port
 
 
 def _worker(rank: int, port: int, averaged: bool, out) -> None:
@@ -44,7 +38,7 @@ def _worker(rank: int, port: int, averaged: bool, out) -> None:
 def _run(averaged: bool) -> dict[int, str]:
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_worker, args=(r, port, averaged, out)) for r in (0, 1)]
     for p in procs:
         p.start()

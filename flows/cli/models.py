@@ -11,7 +11,7 @@ from flows.cli.app import fail, cli_settings, models_app
 
 @models_app.command("list")
 def models_list(name: Optional[str] = typer.Argument(None, help="registered model name (default: all)")):
-    """Versions with FID, fingerprint, champion mark and lineage."""
+    """Versions with FID, fingerprint, champion mark (*), lineage and manual moves."""
     s = cli_settings()
     from flows.registry.tracking import CHAMPION, client
 
@@ -25,7 +25,13 @@ def models_list(name: Optional[str] = typer.Argument(None, help="registered mode
             mark = "*" if str(v.version) == str(champ) else " "
             typer.echo(f" {mark} v{v.version:<4} {t.get('eval.metric', '?')}={float(t.get('eval.value', t.get('eval.fid', 'nan'))):9.4f} "
                        f"fp={t.get('eval.fingerprint_id', '?')} data={t.get('dataset.content_sha256', '?')[:12]} "
-                       f"steps={t.get('checkpoint.step', '?')} {t.get('promotion.decision', '')}")
+                       f"steps={t.get('checkpoint.step', '?')} {t.get('promotion.decision', '')}{_manual(t)}")
+
+
+def _manual(tags) -> str:
+    """The last manual move onto a version, as `models list` shows it beside the gate's decision."""
+    kind = tags.get("promotion.manual.kind")
+    return f"; {kind} by {tags.get('promotion.manual.by', '?')} at {tags.get('promotion.manual.at', '?')}" if kind else ""
 
 
 @models_app.command("compare")
@@ -45,3 +51,38 @@ def models_compare(name: Optional[str] = typer.Argument(None, help="registered m
     if rows:
         out = write_chart(rows, chart if chart.is_absolute() else s.workspace / chart)
         typer.echo(f"chart: {out}")
+
+
+def _move(name: str, version: str | None, reason: str, force: bool) -> None:
+    s = cli_settings()
+    from flows.registry.promotion import PromotionError, move_champion
+    from flows.registry.tracking import client
+    from flows.stages.register import promote_lock_path
+
+    what = "rollback" if version is None else "promote"
+    try:
+        move = move_champion(client(s.mlflow_uri), name, version, reason, force, promote_lock_path(s, name),
+                             rollback=version is None)
+    except PromotionError as e:
+        fail(f"models {what}: {e}")
+    forced = " (forced)" if move.forced else ""
+    typer.echo(f"{name}: champion v{move.previous or '-'} -> v{move.version}{forced}, {move.kind} by {move.by} "
+               f"at {move.at}: {move.why}")
+
+
+@models_app.command("promote")
+def models_promote(name: str = typer.Argument(..., help="registered model name"),
+                   version: str = typer.Argument(..., help="version to make champion (2 or v2)"),
+                   reason: str = typer.Option(..., "--reason", help="why; recorded on the version and in the history"),
+                   force: bool = typer.Option(False, "--force", help="promote a version the gate refused or one "
+                                                                     "scored under another evaluator fingerprint")):
+    """Make VERSION the champion by hand, under the promotion lock; recorded (who, when, why)."""
+    _move(name, version.removeprefix("v"), reason, force)
+
+
+@models_app.command("rollback")
+def models_rollback(name: str = typer.Argument(..., help="registered model name"),
+                    reason: str = typer.Option(..., "--reason", help="why; recorded on the version and in the history"),
+                    force: bool = typer.Option(False, "--force", help="roll back even to a version the checks refuse")):
+    """Make the champion before the current one champion again (from the champion history)."""
+    _move(name, None, reason, force)

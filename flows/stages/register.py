@@ -20,6 +20,7 @@ import torch
 
 from flows.data import versioning
 from flows.stages.evaluate import json_safe
+from flows.registry import history
 from flows.registry.gate import Scored, decide, decision_label, fid_from_record, recorded_decision, same_registration
 from flows.ops.locks import file_lock, server_lock
 from flows.stages.records import read_record, write_record
@@ -93,6 +94,8 @@ def promote(c, name: str, version: str, candidate: Scored, margin: float, lock_p
         promoted, reason = decide(candidate, _scored(champion), margin)
         if promoted and (champion is None or str(champion.version) != version):
             c.set_registered_model_alias(name, CHAMPION, version)
+            history.append(c, name, history.Move(version, history.now_utc(), history.AUTOMATIC, reason,
+                                                 champion and str(champion.version)))  # under the lock
             if champion is not None:  # its own promotion tags stay as decided then; this says what replaced it
                 c.set_model_version_tag(name, champion.version, "promotion.superseded_by",
                                         f"v{version} ({candidate.metric} {candidate.value:.4f})")

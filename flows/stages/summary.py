@@ -23,11 +23,36 @@ def _num(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) and math.isfinite(v) else str(v)
 
 
-def run_summary(cfg: dict, training: dict, evaluation: dict, registration: dict, links: dict[str, str]) -> str:
+HISTORY_ROWS = 5  # the last moves of the champion alias the summary shows; the full list is the model's tag
+
+
+def history_table(moves: list, rows: int = HISTORY_ROWS) -> str:
+    """The last moves of the champion alias (flows.registry.history.Move), newest first, as markdown."""
+    if not moves:
+        return ""
+    head = "\n## Champion history\n\n| champion | when (UTC) | who | why | replaced |\n|---|---|---|---|---|\n"
+    return head + "\n".join(_history_row(m) for m in reversed(moves[-rows:])) + "\n"
+
+
+def _history_row(m) -> str:
+    who = m.by if m.kind == "automatic" else f"{m.kind} by {m.by}"
+    forced = " (forced)" if m.forced else ""
+    replaced = f"v{m.previous}" if m.previous else "-"
+    return f"| v{m.version} | {m.at} | {_cell(who)}{forced} | {_cell(m.why)} | {replaced} |"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def run_summary(cfg: dict, training: dict, evaluation: dict, registration: dict, links: dict[str, str],
+                history: list | None = None, served: str | None = None) -> str:
     metrics = evaluation.get("metrics", {})
     rows = "\n".join(f"| {k} | {_num(v)} |" for k, v in sorted(metrics.items()))
     verdict = "**promoted to champion**" if registration["champion"] else "not promoted"
     fp = evaluation["fingerprint"]
+    served_line = f"\nServed by `ganpipe deploy`: v{served} (a deployment follows the alias within seconds).\n" \
+        if served else ""
     return f"""# {registration['model_name']} v{registration['version']}: {verdict}
 
 {registration['reason']}
@@ -49,7 +74,7 @@ fingerprint `{fp['id']}` ({fp.get('backbone', '?')}, n_fake={fp.get('n_fake', '?
 | Ray run | `{training['run_name']}` |
 
 [MLflow run]({links['run']}) · [model version]({links['model']})
-"""
+{served_line}{history_table(history or [])}"""
 
 
 def skip_summary(model: str, reason: str) -> str:
