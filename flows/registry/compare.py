@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from flows.registry.tracking import CHAMPION
+from flows.serving.tags import served_version
 
 MISSING = "?"
 THROUGHPUT = "train/images_per_s"
@@ -34,6 +35,7 @@ class Row:
     images_per_s: float
     champion: bool
     decision: str
+    served: bool = False  # the version `ganpipe deploy` serves (the model's serving.version tag)
 
 
 # ---------------------------------------------------------------- collect
@@ -110,7 +112,8 @@ def collect(c: MlflowClient, name: str | None = None) -> list[Row]:
         # quoted for the filter grammar: names may contain a quote
         escaped = n.replace("'", "\\'")
         versions = c.search_model_versions(f"name='{escaped}'")
-        rows += [_row(c, v, aliases[n].get(CHAMPION)) for v in versions]
+        served = served_version(c, n)
+        rows += [replace(_row(c, v, aliases[n].get(CHAMPION)), served=str(v.version) == served) for v in versions]
     return sorted(rows, key=lambda r: (r.name, r.version))
 
 
@@ -156,7 +159,8 @@ def render_table(rows: list[Row]) -> str:
         return "  ".join(c.rjust(w) if i in numeric else c.ljust(w)
                          for i, (c, w) in enumerate(zip(line, widths))).rstrip()
 
-    return "\n".join([fmt(head), *map(fmt, body), *_footnotes(rows)])
+    served = [f"served: {r.name} v{r.version} (ganpipe deploy)" for r in rows if r.served]
+    return "\n".join([fmt(head), *map(fmt, body), *_footnotes(rows), *served])
 
 
 # ---------------------------------------------------------------- chart

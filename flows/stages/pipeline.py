@@ -20,13 +20,16 @@ from pydantic import Field
 from flows.data import versioning
 from flows.stages.evaluate import evaluate
 from flows.ops.faults import eval_fault
+from flows.ops.console import stage_hooks
 from flows.ops.locks import file_lock
-from flows.ops.params import load_config
+from flows.ops.params import Setting, load_config, typed_settings
 from flows.stages.prepare import prepare
 from flows.stages.register import register
 from flows.ops.settings import Settings, load_settings
 from flows.stages.summary import mlflow_links, run_summary, skip_summary
+from flows.registry import history
 from flows.registry.tracking import SAME_INPUTS, client, model_name, trained_from_same_inputs
+from flows.serving.tags import served_version
 from flows.stages.train import train_stage
 from gan_core.config import ConfigError, PipelineConfig
 from gan_core.data import DataError, load_manifest
@@ -52,45 +55,46 @@ def _transient(task, task_run, state) -> bool:
     return False
 
 
-@task(name="prepare", cache_policy=NONE)
-def prepare_task(cfg: dict) -> dict:
-    log, s, c = get_run_logger(), load_settings(), PipelineConfig.from_dict(cfg)
+@task(name="prepare", cache_policy=NONE, **stage_hooks("prepare"))
+def prepare_task(cfg: PipelineConfig) -> dict:
+    log, s = get_run_logger(), load_settings()
     if versioning.stage_up_to_date(s, "prepare"):
-        m = load_manifest(s.prepared_dir(c.data.name))
+        m = load_manifest(s.prepared_dir(cfg.data.name))
         log.info("prepare: inputs unchanged since dvc.lock; skipped (dataset %s)", m["content_sha256"][:12])
-        return {"path": str(s.prepared_dir(c.data.name)), "content_sha256": m["content_sha256"],
+        return {"path": str(s.prepared_dir(cfg.data.name)), "content_sha256": m["content_sha256"],
                 "count": m["count"], "skipped": True}
-    ref = prepare(s, c)
+    ref = prepare(s, cfg)
     versioning.commit(s, "prepare")
     versioning.push(s, "prepare")
     log.info("prepare: %d images, content %s", ref["count"], ref["content_sha256"][:12])
     return {**ref, "skipped": False}
 
 
-@task(name="train", cache_policy=NONE)
-def train_task(cfg: dict, lineage: dict) -> dict:
+@task(name="train", cache_policy=NONE, **stage_hooks("train"))
+def train_task(cfg: PipelineConfig, lineage: dict) -> dict:
     s = load_settings()
-    ref = train_stage(s, PipelineConfig.from_dict(cfg), lineage)
+    ref = train_stage(s, cfg, lineage)  # the Ray boundary: each worker gets cfg.to_dict() and parses it once
     versioning.commit(s, "train")
     versioning.push(s, "train")  # the checkpoint reaches the remote before anything can fail later
     get_run_logger().info("train: %s finished at step %d", ref["run_name"], ref["step"])
     return ref
 
 
-@task(name="evaluate", cache_policy=NONE, retries=2, retry_delay_seconds=5, retry_condition_fn=_transient)
-def evaluate_task(cfg: dict) -> dict:
+@task(name="evaluate", cache_policy=NONE, retries=2, retry_delay_seconds=5, retry_condition_fn=_transient,
+      **stage_hooks("evaluate"))
+def evaluate_task(cfg: PipelineConfig) -> dict:
     s = load_settings()
     eval_fault(s.home / "faults" / f"evaluate-{flow_run.id}.count")  # a no-op unless GANPIPE_FAULT_EVAL is set
-    ev = evaluate(s, PipelineConfig.from_dict(cfg))
+    ev = evaluate(s, cfg)
     versioning.commit(s, "evaluate")
     get_run_logger().info("evaluate: %s = %.4f (fingerprint %s)", ev["metric"], ev["value"], ev["fingerprint"]["id"])
     return ev
 
 
-@task(name="register", cache_policy=NONE)
-def register_task(cfg: dict, lineage: dict) -> dict:
+@task(name="register", cache_policy=NONE, **stage_hooks("register"))
+def register_task(cfg: PipelineConfig, lineage: dict) -> dict:
     s = load_settings()
-    reg = register(s, PipelineConfig.from_dict(cfg), lineage)
+    reg = register(s, cfg, lineage)
     versioning.commit(s, "register")
     versioning.push(s)  # whatever is still local: evaluate's sample grid
     get_run_logger().info("register: %s v%s, champion=%s (%s)", reg["model_name"], reg["version"],
@@ -98,11 +102,10 @@ def register_task(cfg: dict, lineage: dict) -> dict:
     return reg
 
 
-def form_overrides(values: dict, overrides: list[str] | None) -> list[str]:
-    """Form fields first, then free-form overrides (which win, being applied last)."""
-    picks = [f"{FORM[k]}={str(v).lower() if isinstance(v, bool) else v}" for k, v in values.items()
-             if v is not None]
-    return picks + list(overrides or [])
+def form_settings(values: dict) -> list[Setting]:
+    """The form's fields as typed settings, ints and bools as they came (the free-form overrides are
+    applied after them, and win)."""
+    return typed_settings({FORM[k]: v for k, v in values.items()})
 
 
 def unchanged_since(s: Settings, cfg: PipelineConfig, prepared: dict) -> str | None:
@@ -139,28 +142,31 @@ def params_kept(s: Settings):
         write_text_atomic(s.params_file, before)
 
 
-def _run(overrides: list[str], skip_unchanged: bool) -> dict:
+def _run(values: list[Setting], overrides: list[str], skip_unchanged: bool) -> dict:
     s = load_settings()
-    load_config(s.params_file, overrides, write=False)  # bad values fail now, not after waiting for the lock
+    # bad values fail now, not after waiting for the lock; parsed once: the load under the lock (and this
+    # one, after the CLI's check) returns the same config unless params.yaml changed in between
+    load_config(s.params_file, overrides, write=False, values=values)
     log = get_run_logger()
     run_id = str(flow_run.id or "none")
     # one pipeline at a time per workspace: a scheduled run and a click share data/, models/ and reports/
     with file_lock(s.workspace / ".ganpipe-run.lock", holder=f"flow run {run_id}",
                    on_wait=lambda who: log.info("waiting for the workspace: held by %s", who)), params_kept(s):
-        cfg = load_config(s.params_file, overrides)
+        cfg = load_config(s.params_file, overrides, values=values)
         versioning.ensure_repo(s)
         lineage = {"prefect.flow_run_id": run_id}
-        d = cfg.to_dict()
-        prepared = prepare_task(d)
+        # in-process tasks take the frozen config itself: with cache_policy=NONE Prefect neither hashes
+        # nor serialises task parameters, and it hands an unchanged dataclass over as the same object
+        prepared = prepare_task(cfg)
         if skip_unchanged and (why := unchanged_since(s, cfg, prepared)):
             log.info("retraining skipped: %s", why)
             _publish(skip_summary(model_name(cfg), why), "retraining skipped: inputs unchanged")
             return {"prepared": prepared, "skipped": True, "reason": why}
-        training = train_task(d, lineage)
+        training = train_task(cfg, lineage)
         mlflow_run = client(s.mlflow_uri)
         try:
-            evaluation = evaluate_task(d)
-            registration = register_task(d, lineage)
+            evaluation = evaluate_task(cfg)
+            registration = register_task(cfg, lineage)
         except BaseException:
             mlflow_run.set_terminated(training["mlflow_run_id"], "FAILED")
             raise
@@ -168,7 +174,9 @@ def _run(overrides: list[str], skip_unchanged: bool) -> dict:
     exp = mlflow_run.get_run(training["mlflow_run_id"]).info.experiment_id
     links = mlflow_links(s.mlflow_uri, exp, training["mlflow_run_id"], registration["model_name"],
                          registration["version"])
-    _publish(run_summary(d, training, evaluation, registration, links),
+    _publish(run_summary(cfg.to_dict(), training, evaluation, registration, links,
+                         history.read_quietly(mlflow_run, registration["model_name"]),
+                         served=served_version(mlflow_run, registration["model_name"])),
              f"{registration['model_name']} v{registration['version']}: {registration['metric']} "
              f"{registration['value']:.4f}")
     return {"prepared": prepared, "training": training, "evaluation": evaluation, "registration": registration,
@@ -201,7 +209,7 @@ def pipeline(dataset: Optional[str] = None, arch: Optional[Arch] = None, steps: 
     """
     form = dict(dataset=dataset, arch=arch, steps=steps, batch_size=batch_size, workers=workers, use_gpu=use_gpu,
                 fid_n=fid_n, promotion_margin=promotion_margin)
-    return _run(form_overrides(form, overrides), skip_unchanged=False)
+    return _run(form_settings(form), list(overrides or []), skip_unchanged=False)
 
 
 @flow(name="ganpipe-retrain", log_prints=True)
@@ -217,4 +225,4 @@ def retrain(dataset: Optional[str] = None, arch: Optional[Arch] = None, force: b
         force: run even when nothing changed (the same inputs give back the same model; change train.seed for another)
         overrides: extra section.field=value settings
     """
-    return _run(form_overrides(dict(dataset=dataset, arch=arch), overrides), skip_unchanged=not force)
+    return _run(form_settings(dict(dataset=dataset, arch=arch)), list(overrides or []), skip_unchanged=not force)
