@@ -22,8 +22,9 @@ import torch
 
 from gan_core.config import ConfigError, DataConfig, ModelConfig, PipelineConfig, TrainConfig
 from gan_core.models import stylegan as sg
-from gan_core.models.stylegan import (AdaIN, Discriminator, Generator, ModulatedConv, NoiseInput, Options,
-                                      Sampler, build_discriminator, build_generator, check, r1_penalty, schedule, step)
+from gan_core.models.stylegan import (Discriminator, Generator, Options, Sampler, build_discriminator, build_generator,
+                                      check, r1_penalty, schedule, step)
+from gan_core.style import AdaIN, ModulatedConv, NoiseInput
 from gan_core.state import Callback, TrainState
 from gan_core.train import build_state, train
 from states import grey_batch, train_state
