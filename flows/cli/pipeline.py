@@ -7,10 +7,9 @@ from typing import List, Optional
 
 import typer
 
-from flows.cli.app import fail, cli_settings, app
+from flows.cli.app import app, cli_settings, fail
+from flows.ops.console import STAGES  # stdlib only: cheap before Prefect is imported
 from gan_core.config import ConfigError
-
-STAGES = ("prepare", "train", "evaluate", "register")
 
 
 @app.command()
