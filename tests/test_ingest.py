@@ -214,3 +214,16 @@ def _jpeg(arr) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, "JPEG", quality=95)
     return buf.getvalue()
+
+
+def test_a_watcher_sees_every_entry_of_a_folder_as_it_is_checked(tmp_path):
+    root = write_tree(tmp_path / "d", {f"{c}/{i}.png": png(grey(10 * i + c)) for c in (1, 2) for i in range(3)})
+    seen: list[str] = []
+
+    def watch(entries):
+        for e in entries:  # handed on one at a time: the count moves while ingest decodes
+            seen.append(e.path)
+            yield e
+
+    res = read_local(root, SKIP, watch=watch)
+    assert len(seen) == 6 and len(res.images) == 6 and res.report.accepted == 6

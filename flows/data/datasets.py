@@ -36,7 +36,7 @@ def read(source: str, policy: IngestPolicy, kind: str) -> IngestResult:
     with workdir() as tmp:
         got = fetch(source, Path(tmp))
         if got.path is not None:
-            return read_local(got.path, policy, kind)
+            return read_local(got.path, policy, kind, watch=lambda entries: counting(entries, len(entries), "checked"))
         if kind in ("paired", "unpaired"):
             raise IngestError(f"{source}: --kind {kind} needs a folder or archive with two domain sub-folders")
         images, labels = got.arrays

@@ -114,9 +114,12 @@ def split_domains(result: IngestResult, kind: str, policy: IngestPolicy) -> Inge
 
 
 def read_local(source: Path, policy: IngestPolicy, kind: str = "auto",
-               limits: ArchiveLimits = ArchiveLimits()) -> IngestResult:
+               limits: ArchiveLimits = ArchiveLimits(), watch=None) -> IngestResult:
     """A local folder, archive, .npz or IDX file, ingested under the policy. kind: see KINDS;
-    paired/unpaired read two domain sub-folders, superres is unconditional high-resolution images."""
+    paired/unpaired read two domain sub-folders, superres is unconditional high-resolution images.
+    `watch(entries)`, if given, returns the entries unchanged as an iterable the caller observes
+    (a progress count of the checks: decoding and resizing are the slow part)."""
+    watch = watch or (lambda entries: entries)
     source = Path(source)
     if kind not in KINDS:
         raise IngestError(f"--kind: must be one of {KINDS}, got {kind!r}")
@@ -127,7 +130,7 @@ def read_local(source: Path, policy: IngestPolicy, kind: str = "auto",
             raise IngestError(f"{source}: --kind {kind} reads a folder or archive with two domain sub-folders")
         read = read_folder(source, policy.max_file_bytes) if source.is_dir() else read_archive_entries(source, limits)
         entries = assign_labels(list(read), "labelled")
-        return split_domains(ingest(entries, policy, str(source)), kind, policy)
+        return split_domains(ingest(watch(entries), policy, str(source)), kind, policy)
     base = "unconditional" if kind == "superres" else kind
     name = source.name.lower()
     if source.is_dir():
@@ -144,5 +147,5 @@ def read_local(source: Path, policy: IngestPolicy, kind: str = "auto",
         entries = [Entry(e.path, e.data, e.image, e.rejected, None) for e in entries]
     elif base == "labelled" and entries and all(e.label is None for e in entries):
         raise IngestError(f"{source}: --kind labelled, but the source has no labels")
-    result = ingest(entries, policy, str(source))
+    result = ingest(watch(entries), policy, str(source))
     return replace(result, kind="superres") if kind == "superres" else result
