@@ -141,9 +141,14 @@ def _up_embedded(cfg, path: Path) -> None:
     state = json.loads(path.read_text()) if path.exists() else {}
     if proc.poll() is None:
         proc.terminate()
-    tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+    lines = log.read_text(errors="replace").splitlines()
     path.unlink(missing_ok=True)
-    fail(f"deploy up: the application did not start: {state.get('error', 'no answer')}\n(log {log}):\n{tail}")
+    # Serve reports a replica that would not start as "failed to update the deployments": the
+    # rollout's own line says which version was refused and why
+    refused = [ln.strip() for ln in lines if "refused for serving: " in ln]
+    why = refused[-1] if refused else state.get("error", "no answer")
+    tail = "\n".join(lines[-15:])
+    fail(f"deploy up: the application did not start: {why}\n(log {log}):\n{tail}")
 
 
 def _up_on_cluster(cfg, address: str, path: Path) -> None:
