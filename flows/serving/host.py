@@ -36,7 +36,8 @@ def start(cfg, address: str | None) -> str:
     from flows.serving.app import APP_NAME, build
 
     if address:
-        ray.init(address=address, logging_level="WARNING")
+        # replicas log on the cluster (its session logs); streamed here they would flood `deploy up`
+        ray.init(address=address, logging_level="WARNING", log_to_driver=False)
     else:  # address="local": always a fresh instance, never whatever cluster /tmp/ray last recorded
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
     serve.start(http_options={"host": "127.0.0.1", "port": cfg.port})
