@@ -66,8 +66,14 @@ class Options:
     # the GAN phase as a trained SRResNet that D's young gradients must only nudge. Measured (16 px,
     # x2, grey): at the MSE phase's 2e-3 the first GAN steps threw PSNR from 27 to 8 dB; at 2e-4 it held.
     gan_lr_g: float = 1e-4
+    # Each HR patch in one of the 8 orientations of the square (flips and quarter turns), drawn per
+    # image per step, as EDSR and later SR work train. The built-in photo-patches hold 562 training
+    # patches: without it the default run's held-out PSNR peaked at step 1000 and ended below bicubic.
+    augment: bool = True
 
     def __post_init__(self):
+        if not isinstance(self.augment, bool):
+            raise ConfigError("family.augment", f"must be true or false, got {self.augment!r}")
         choice("scale", self.scale, SCALES)
         integer("blocks", self.blocks, 1)
         integer("warmup_steps", self.warmup_steps, -1, note=" (-1: two thirds of train.steps)")
@@ -212,12 +218,24 @@ def _prepare(ctx: Ctx) -> None:
     resets G's optimizer (start_gan_phase)."""
     state, o = ctx.state, _options(ctx.state.options)
     hr = images(ctx)  # (B, C, R, R)
+    if o.augment:
+        hr = dihedral(hr)
     ctx.v.update(hr=hr, lr=downsample(hr, o.scale))  # LR (B, C, R/scale, R/scale)
     state.extra["phase"] = phase(state, ctx.cfg)
     if state.extra["phase"] == "mse":
         ctx.out["loss_d"] = torch.zeros((), device=state.device)  # D is untouched while G warms up
     elif state.step == warmup(o, ctx.cfg):
         start_gan_phase(state, o)
+
+
+def dihedral(x: torch.Tensor) -> torch.Tensor:
+    """Each square image of x turned to one of its 8 orientations at random (the torch RNG, which
+    checkpoints carry, so a resume draws the same ones). Selected with where, on x's device: no
+    host sync and no per-image Python loop."""
+    k = torch.randint(0, 8, (x.shape[0], 1, 1, 1), device=x.device)
+    x = torch.where(k % 2 == 1, x.flip(-1), x)
+    x = torch.where(k // 2 % 2 == 1, x.flip(-2), x)
+    return torch.where(k // 4 == 1, x.transpose(-1, -2), x)
 
 
 def _gan(ctx: Ctx) -> bool:
