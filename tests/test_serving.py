@@ -47,6 +47,7 @@ def generate(port: int, name: str, payload: dict):
 def served(tmp_path_factory):
     """(port, settings, env) of a running deployment; `deploy down` afterwards."""
     from flows.ops.settings import load_settings
+    from flows.ops.signing import signing_key
     from flows.serving.untrained import register_untrained
 
     ws = tmp_path_factory.mktemp("serving")
@@ -56,6 +57,7 @@ def served(tmp_path_factory):
     s = load_settings(env)
     register_untrained(s, NOISE, NOISE_CFG, seed=1)
     register_untrained(s, IMAGE, IMAGE_CFG, seed=1)
+    signing_key(s.home)  # $GANPIPE_HOME/provenance.key: replicas sign their PNGs with it
     port = free_port()
     t = time.monotonic()
     up = ganpipe(ws, "deploy", "up", "--name", NOISE, "--name", IMAGE, "--port", str(port), "--poll-s", "0.5",
@@ -107,17 +109,25 @@ def test_health_and_models(served):
     assert models[IMAGE]["inputs"] == {"kind": "image", "channels": 3, "resolution": 16, "directions": []}
 
 
-def test_generate_is_deterministic_and_carries_provenance(served):
+def test_generate_is_deterministic_and_carries_provenance(served, tmp_path):
     port = served[0]
     a = generate(port, NOISE, {"n": 6, "seed": 3, "class": 2})
     b = generate(port, NOISE, {"seed": 3, "class": 2, "n": 6})
     c = generate(port, NOISE, {"n": 6, "seed": 4, "class": 2})
     assert a[0] == b[0] == c[0] == 200 and a[1]["content-type"] == "image/png" and a[1]["x-model-version"] == "1"
     assert a[2] == b[2] != c[2]
+    from gan_core.images import grid_fields
+
     with Image.open(io.BytesIO(a[2])) as im:
         assert json.loads(im.text["ganpipe"]) == {"model": f"models:/{NOISE}/1", "served_version": "1", "n": 6,
-                                                  "seed": 3, "class": 2, "fingerprint": "untrained-1", "format": "png"}
+                                                  "seed": 3, "class": 2, "fingerprint": "untrained-1", "format": "png",
+                                                  **grid_fields(6, 3)}  # how the 3 x 2 cells map to the 6 latents
         assert im.size == (3 * 9 * 4 + 4, 2 * 9 * 4 + 4)  # 3 columns x 2 rows of 8 px, padded, x4
+    from flows.cli.provenance import inspect
+    from flows.ops.signing import verifying_key
+
+    (tmp_path / "a.png").write_bytes(a[2])  # signed by the replica with the key under GANPIPE_HOME
+    assert inspect(tmp_path / "a.png", verifying_key(served[1].home, env={}))["status"] == "verified"
     import numpy as np
 
     status, headers, body = generate(port, NOISE, {"n": 2, "seed": 3, "format": "npz"})

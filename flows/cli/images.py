@@ -11,7 +11,7 @@ import typer
 
 from flows.cli.app import fail, cli_settings, app
 from flows.cli.loading import load_generator
-from gan_core.images import image_files, make_grid, read_image, save_png
+from gan_core.images import image_files, make_grid, read_image
 
 
 def family_of(G):
@@ -53,13 +53,18 @@ def _inputs(path: Path, channels: int) -> list[tuple[str, torch.Tensor]]:
 def translate(model: str = typer.Argument(..., help="models:/NAME@champion, models:/NAME/3, or a checkpoint .pt"),
               inp: Path = typer.Argument(..., metavar="IN", help="an image file or a folder of images"),
               out: Path = typer.Argument(..., metavar="OUT", help="output folder (or .png file for one input)"),
-              direction: Optional[str] = typer.Option(None, help="for models with several directions: a2b | b2a")):
+              direction: Optional[str] = typer.Option(None, help="for models with several directions: a2b | b2a"),
+              watermark: bool = typer.Option(False, "--watermark", help="also hide the key id and a provenance "
+                                             "tag in the pixels (outputs of at least 32 px a side)")):
     """Translate or upscale images with an image-conditioned model (pix2pix, cyclegan, srgan, ...)."""
     s = cli_settings()
     from gan_core.metrics.heldout import translate as run
 
+    from flows.cli.provenance import source_fields, write_png
+
     G = load_generator(s, model)
     meta = getattr(G, "exported_as", {})
+    source = {"model": model, **source_fields(s, model)}
     if "input" not in meta:
         fail(f"{model}: generates from noise; use `ganpipe sample` (translate needs a model that reads images)")
     family, _ = family_of(G)
@@ -82,6 +87,6 @@ def translate(model: str = typer.Argument(..., help="models:/NAME@champion, mode
         except Exception as e:  # an exported program refuses sizes its architecture cannot take
             fail(f"{inp / name if inp.is_dir() else inp}: {tuple(x.shape[-2:])} cannot be translated: {e}")
         target = out if single else out / f"{name}.png"
-        save_png(target, make_grid(y, 1, pad=0, scale=1),
-                 {"model": model, "input": name, "direction": direction or ""})
+        write_png(s, target, make_grid(y, 1, pad=0, scale=1),
+                  {**source, "input": name, "direction": direction or ""}, watermark)
         typer.echo(str(target.resolve()))

@@ -24,22 +24,28 @@ def sample(model: str = typer.Argument(..., help="models:/NAME@champion, models:
            layers: Optional[int] = typer.Option(None, help="with --mix: styles taken from the row seed "
                                                 "(default: those of 8 px and below)"),
            interpolate: Optional[int] = typer.Option(None, help="style models: a strip from --seed to this seed"),
-           steps: int = typer.Option(8, min=2, max=64, help="images in an --interpolate strip")):
+           steps: int = typer.Option(8, min=2, max=64, help="images in an --interpolate strip"),
+           watermark: bool = typer.Option(False, "--watermark", help="also hide the key id and a provenance tag "
+                                          "in the pixels (survives lost metadata, JPEG 90, resizing)")):
     """Generate an n-image grid from a registered model or a checkpoint file."""
     s = cli_settings()
     import math
 
     import torch
 
-    from gan_core.images import make_grid, save_png
+    from flows.cli.provenance import source_fields, write_png
+    from gan_core.images import grid_fields, make_grid
     from gan_core.metrics.fid import generate, latent_of
 
     G = load_generator(s, model)
+    source = {"model": model, **source_fields(s, model)}
     if "input" in getattr(G, "exported_as", {}):  # image-conditioned: held-out input | output | target
         from flows.cli.images import heldout_samples
 
         images, columns = heldout_samples(s, G, n, seed)
-        path = save_png(out, make_grid(images, columns), {"model": model, "seed": seed, "n": n})
+        provenance = {**source, "seed": seed, "n": n, **grid_fields(len(images), columns),
+                      "cells": "row i: input | output | target of held-out pair i"}
+        path = write_png(s, out, make_grid(images, columns), provenance, watermark)
         typer.echo(str(path.resolve()))
         return
     from flows.cli.styles import is_styled, styled_sample
@@ -49,8 +55,9 @@ def sample(model: str = typer.Argument(..., help="models:/NAME@champion, models:
             images, columns, extra = styled_sample(G, n, seed, truncation, mix, layers, interpolate, steps)
         except ValueError as e:
             fail(str(e))
-        provenance = {"model": model, "seed": seed, "n": len(images), "truncation": truncation, **extra}
-        typer.echo(str(save_png(out, make_grid(images, columns), provenance).resolve()))
+        provenance = {**source, "seed": seed, "n": len(images), "truncation": truncation,
+                      **grid_fields(len(images), columns), **extra}
+        typer.echo(str(write_png(s, out, make_grid(images, columns), provenance, watermark).resolve()))
         return
     if mix or interpolate is not None or truncation != 1.0 or layers is not None:
         fail("--truncation, --mix, --layers and --interpolate need a style-based model (model.arch=stylegan)")
@@ -62,8 +69,10 @@ def sample(model: str = typer.Argument(..., help="models:/NAME@champion, models:
                   f"({'it has none' if controls == 0 else f'valid: 0..{controls - 1}'})")
         labels = torch.full((n,), label, dtype=torch.long)
     images = generate(G, n, seed, batch_size=256, labels=labels)
-    path = save_png(out, make_grid(images, int(math.ceil(math.sqrt(n)))),
-                    {"model": model, "seed": seed, "n": n, "class": label})
+    columns = int(math.ceil(math.sqrt(n)))
+    path = write_png(s, out, make_grid(images, columns),
+                     {**source, "seed": seed, "n": n, "class": label, **grid_fields(n, columns),
+                      "latent_index": "cell i holds latent i of the seed's stream (0 .. n-1)"}, watermark)
     typer.echo(str(path.resolve()))
 
 

@@ -99,7 +99,12 @@ def styled_sample(G, n: int, seed: int, psi: float, mix: bool, layers: int | Non
         cross = layers if layers is not None else coarse_layers(G)
         rows, cols = list(range(seed, seed + side)), list(range(seed + side, seed + 2 * side))
         images, columns = mixing_grid(G, rows, cols, psi, cross)
-        return images, columns, {"mix": {"rows": rows, "cols": cols, "layers_from_row": cross}}
+        return images, columns, {"mix": {"rows": rows, "cols": cols, "layers_from_row": cross},
+                                 "cells": "row 0: blank, then the cols seeds; column 0: the rows seeds; cell "
+                                          "(r, c >= 1): styles [0, layers_from_row) of rows[r-1], the rest of "
+                                          "cols[c-1]"}
     if towards is not None:
-        return interpolation(G, seed, towards, steps, psi), steps, {"interpolate": [seed, towards], "steps": steps}
-    return truncated(G, n, seed, psi), int(math.ceil(math.sqrt(n))), {}
+        strip = {"interpolate": [seed, towards], "steps": steps,
+                 "cells": "cell t: slerp of the two seeds' z at t/(steps-1)"}
+        return interpolation(G, seed, towards, steps, psi), steps, strip
+    return truncated(G, n, seed, psi), int(math.ceil(math.sqrt(n))), {"cells": "cell i: seed + i (one z per seed)"}

@@ -196,10 +196,10 @@ def grid_columns(n: int) -> int:
     return int(math.ceil(math.sqrt(n)))
 
 
-def encode_png(array: np.ndarray, provenance: dict) -> bytes:
+def encode_png(array: np.ndarray, provenance: dict, key: bytes | None = None) -> bytes:
     from gan_core.images import png_bytes
 
-    return png_bytes(array, provenance)
+    return png_bytes(array, provenance, key)  # signed where the replica has a key (flows.ops.signing.serving_key)
 
 
 def encode_npz(images: np.ndarray, provenance: dict) -> bytes:

@@ -130,7 +130,11 @@ def encode(served, req: api.GenerateRequest, images) -> tuple[dict, bytes]:
     columns = 1 if served.inputs["kind"] == "image" else api.grid_columns(len(images))
     scale = 1 if served.inputs["kind"] == "image" else 4
     array = make_grid(images, columns, pad=0 if scale == 1 else 1, scale=scale)
-    return {**headers, "content-type": "image/png"}, api.encode_png(array, provenance)
+    from flows.ops.signing import serving_key
+    from gan_core.images import grid_fields
+
+    provenance.update(grid_fields(len(images), columns))
+    return {**headers, "content-type": "image/png"}, api.encode_png(array, provenance, serving_key())
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
@@ -195,7 +199,8 @@ def build(cfg: ServeConfig):
     limits = api.Limits(max_n=cfg.max_n, max_body=cfg.max_body)
     holders = {}
     env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": cfg.tracking_uri,
-           **{k: os.environ[k] for k in ("MLFLOW_DISABLE_TELEMETRY", "GANPIPE_HOME") if k in os.environ}}
+           **{k: os.environ[k] for k in ("MLFLOW_DISABLE_TELEMETRY", "GANPIPE_HOME", "GANPIPE_PROVENANCE_KEY_FILE")
+              if k in os.environ}}  # the key file's path, never the key itself: runtime_env shows in the dashboard
     for name in cfg.names:
         scale = ({"autoscaling_config": {"min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
                                          "target_ongoing_requests": 2}}

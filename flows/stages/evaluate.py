@@ -18,7 +18,8 @@ from flows.ops.settings import Settings
 from gan_core.checkpoint import CheckpointError, load_checkpoint, rebuild
 from gan_core.config import PipelineConfig
 from gan_core.data import load_manifest
-from gan_core.images import make_grid, save_png
+from flows.ops.signing import signing_key
+from gan_core.images import grid_fields, make_grid, save_png
 from gan_core.metrics.evaluator import evaluator_for
 from gan_core.metrics.heldout import translate
 from gan_core.metrics.fid import latent_of, metric_name
@@ -97,12 +98,19 @@ def evaluate(settings: Settings, cfg: PipelineConfig) -> dict:
     else:  # what the bad generator made, non-finite pixels shown black
         grid_images = torch.nan_to_num(raw_output(evaluator, module, k, e.seed + 1, e.batch_size),
                                        nan=-1.0, posinf=1.0, neginf=-1.0).clamp(-1, 1)
+    columns = evaluator.columns or e.grid
     provenance = {"run_name": training["run_name"], "step": training["step"], "generator": "G_ema",
-                  "checkpoint_sha256": training["checkpoint_sha256"], "seed": e.seed + 1, name: value}
+                  "checkpoint_sha256": training["checkpoint_sha256"], "seed": e.seed + 1, name: value,
+                  "model": "candidate (not registered yet)",
+                  "checkpoint": str(settings.candidate_dir / "checkpoint.pt"),
+                  "mlflow_run_id": training.get("mlflow_run_id"), "dataset_sha256": manifest["content_sha256"],
+                  **grid_fields(len(grid_images), columns),
+                  "cells": "noise models: cell i holds latent i of the seed's stream; image models: row i is "
+                           "input | output | target of held-out pair i"}
     if error is not None:
         provenance["error"] = error
-    grid = make_grid(grid_images, evaluator.columns or e.grid)
-    samples = save_png(reports / "samples.png", grid, json_safe(provenance))
+    grid = make_grid(grid_images, columns)
+    samples = save_png(reports / "samples.png", grid, json_safe(provenance), key=signing_key(settings.home))
     metrics = {**{k: round(v, 6) for k, v in scores.items()}, "step": training["step"]}
     evaluation = {"metric": name, "value": value, "higher_is_better": family.gate.higher_is_better,
                   "metrics": scores, "fingerprint": fingerprint.to_dict(), "step": training["step"],
