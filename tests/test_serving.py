@@ -116,12 +116,18 @@ def test_generate_is_deterministic_and_carries_provenance(served, tmp_path):
     c = generate(port, NOISE, {"n": 6, "seed": 4, "class": 2})
     assert a[0] == b[0] == c[0] == 200 and a[1]["content-type"] == "image/png" and a[1]["x-model-version"] == "1"
     assert a[2] == b[2] != c[2]
+    from mlflow import MlflowClient
+
     from gan_core.images import grid_fields
 
+    mv = MlflowClient(served[1].mlflow_uri).get_model_version(NOISE, "1")
+    assert mv.run_id  # the run the served PNG must name
+    lineage = {"model_name": NOISE, "model_version": "1", "mlflow_run_id": mv.run_id,
+               "dataset_sha256": mv.tags.get("dataset.content_sha256"), "checkpoint_sha256": mv.tags.get("checkpoint.sha256")}
     with Image.open(io.BytesIO(a[2])) as im:
         assert json.loads(im.text["ganpipe"]) == {"model": f"models:/{NOISE}/1", "served_version": "1", "n": 6,
                                                   "seed": 3, "class": 2, "fingerprint": "untrained-1", "format": "png",
-                                                  **grid_fields(6, 3)}  # how the 3 x 2 cells map to the 6 latents
+                                                  **lineage, **grid_fields(6, 3)}  # how the 3 x 2 cells map to the 6 latents
         assert im.size == (3 * 9 * 4 + 4, 2 * 9 * 4 + 4)  # 3 columns x 2 rows of 8 px, padded, x4
     from flows.cli.provenance import inspect
     from flows.ops.signing import verifying_key

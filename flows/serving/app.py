@@ -121,6 +121,7 @@ class ModelHolder:
 def encode(served, req: api.GenerateRequest, images) -> tuple[dict, bytes]:
     """(headers, body): a PNG grid (or npz) with the same provenance chunk as every generated PNG."""
     provenance = {"model": f"models:/{served.name}/{served.version}", "served_version": served.version,
+                  "model_name": served.name, "model_version": served.version, **served.lineage,
                   "fingerprint": served.fingerprint, **req.provenance()}
     headers = {"x-model-version": served.version}
     if req.format == "npz":

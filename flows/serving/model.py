@@ -118,6 +118,8 @@ class Served:
     value: str
     fingerprint: str
     inputs: dict
+    # what every PNG it serves records of where it came from (the version's lineage tags)
+    lineage: dict = field(default_factory=dict)
 
     def describe(self) -> dict:
         return {"name": self.name, "version": self.version, "family": self.family, "metric": self.metric,
@@ -137,7 +139,9 @@ def load_version(client, tracking_uri: str, name: str, version: str) -> Served:
     meta = getattr(G, "exported_as", {}) or {}
     served = Served(name, str(version), G, str(meta.get("arch") or tags.get("model.arch", "")),
                     tags.get("eval.metric", ""), tags.get("eval.value", tags.get("eval.fid", "")),
-                    tags.get("eval.fingerprint_id", ""), inputs_of(G))
+                    tags.get("eval.fingerprint_id", ""), inputs_of(G),
+                    {"mlflow_run_id": mv.run_id, "dataset_sha256": tags.get("dataset.content_sha256"),
+                     "checkpoint_sha256": tags.get("checkpoint.sha256")})
     check(served)
     return served
 
