@@ -77,6 +77,18 @@ def test_widths_double_toward_4x4_and_stop_at_fmap_max():
     assert D.from_rgb["16"].conv.weight.shape[0] == 4 and D.last.conv.weight.shape[1] == 12 + 1  # + stddev map
 
 
+def test_widths_are_anchored_at_16_px_above_it_and_follow_the_paper_with_channels_at_0():
+    G, D = nets(res=32, width=32)  # 32 px: 16, 32, 64, 128 from 32 to 4 px; each level a 16 px level's FLOPs
+    assert [G.to_rgb[str(r)].weight.shape[1] for r in (4, 8, 16, 32)] == [128, 64, 32, 16]
+    assert D.from_rgb["32"].conv.weight.shape[0] == 16 and D.last.conv.weight.shape[1] == 128 + 1
+    G, D = nets(res=32, width=32, options=Options(channels_at=0))
+    assert [G.to_rgb[str(r)].weight.shape[1] for r in (4, 8, 16, 32)] == [256, 128, 64, 32]
+    G, _ = nets(res=16, width=32)  # at and below 16 px nothing changes
+    assert [G.to_rgb[str(r)].weight.shape[1] for r in (4, 8, 16)] == [128, 64, 32]
+    with pytest.raises(ConfigError, match="family.progan.channels_at"):
+        Options(channels_at=24)
+
+
 def test_pixel_norm_gives_unit_rms_features():
     x = torch.randn(5, 7, 3, 3) * torch.rand(5, 1, 3, 3) * 10
     rms = PixelNorm()(x).pow(2).mean(1).sqrt()
@@ -198,7 +210,8 @@ def test_one_step_sets_the_stage_merges_its_batches_and_trains_both_nets():
     before_g, before_d = weights(state.G), weights(state.D)
     out = step(state, [batch(seed=0), batch(seed=1)], TrainConfig(batch_size=8))
     assert {"loss_d", "loss_g", "gp", "drift", "wasserstein", "resolution", "alpha"} <= set(out)
-    assert all(v.dim() == 0 and torch.isfinite(v) for v in out.values())
+    # losses are 0-d tensors; the stage may be plain floats (the host knows it: no tensor made from it)
+    assert all(torch.as_tensor(v).dim() == 0 and torch.isfinite(torch.as_tensor(v)) for v in out.values())
     assert float(out["resolution"]) == 4 and state.extra["growth"] == {"resolution": 4, "alpha": 1.0}
     assert state.G_ema.stage_resolution == 4 and state.D.stage_resolution == 4
     g_moved = [not torch.equal(a, b) for a, b in zip(before_g, weights(state.G))]

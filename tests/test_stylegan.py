@@ -62,6 +62,21 @@ def set_noise_strength(G: Generator, value: float) -> None:
 
 # ---------------------------------------------------------------- networks
 @pytest.mark.parametrize("version", VERSIONS)
+def test_widths_are_anchored_at_16_px_so_32_px_costs_about_a_16_px_step(version):
+    """model.g/d_channels is the width at 16 px; above it widths halve per doubling (channels_at 0: the
+    papers' base-at-the-output rule). Each level then costs the same FLOPs as a 16 px level."""
+    def widths(res, **kw):
+        G, D = nets(version, res=res, width=32, **kw)
+        return ([b[-1].conv.weight.shape[0] for b in G.synthesis.blocks],
+                [D.from_rgb[str(res)].weight.shape[0]]
+                + [D.blocks[str(r)].conv2.weight.shape[0] for r in reversed(D.res[1:])])  # from R down
+    assert widths(16) == ([128, 64, 32], [32, 64, 128])  # unchanged at 16 px
+    assert widths(32) == ([128, 64, 32, 16], [16, 32, 64, 128])
+    assert widths(32, channels_at=0) == ([256, 128, 64, 32], [32, 64, 128, 256])
+    assert widths(8) == ([64, 32], [32, 64])  # below the anchor: base at the output, as before
+
+
+@pytest.mark.parametrize("version", VERSIONS)
 def test_mapping_styles_and_image_shapes(version):
     G, D = nets(version)
     z = torch.randn(5, Z)
@@ -278,6 +293,8 @@ def test_export_of_g_and_of_the_sampler_match_eager(version):
     ({"start_resolution": 6}, "family.start_resolution"),
     ({"phase_batch": "4:x"}, "family.phase_batch"),
     ({"version": "v1", "growth": True, "start_resolution": 8, "phase_batch": "4:2"}, "family.phase_batch"),
+    ({"channels_at": 12}, "family.channels_at"),
+    ({"channels_at": 2}, "family.channels_at"),
 ])
 def test_bad_options_name_their_field(kwargs, field):
     with pytest.raises(ConfigError) as e:

@@ -51,6 +51,10 @@ FIELD = "family.progan."
 # The family's defaults (for gan_core.models.ARCHS): the paper's WGAN-GP with Adam(1e-3, betas (0, 0.99)).
 # Widths 32, not 64: at 16 px, batch 64, 2 CPU threads a full-resolution step takes 0.15 s at 32 and
 # 0.53 s at 64 (425 vs 121 images/s), 8 vs 27 min for the default 3000 steps.
+# Above 16 px the widths are anchored at 16 px (Options.channels_at): the paper's rule (base at the output,
+# doubling per halving) gives every resolution the same FLOPs, (base * R)^2, so 32 px would make each level
+# 4x dearer and add one (~5.3x a 16 px step; benchmark at 32 px, base 32: 84 images/s at the full stage, idle);
+# anchored, 32 px has widths 16, 32, 64, 128 (32 -> 4 px) and a full-stage step costs ~4/3 of a 16 px one.
 DEFAULTS = {"model": {"loss": "wasserstein", "g_channels": 32, "d_channels": 32},
             "train": {"lr_g": 1e-3, "lr_d": 1e-3, "beta1": 0.0, "beta2": 0.99}}
 
@@ -75,6 +79,9 @@ class Options:
     drift: float = 1e-3  # epsilon_drift: weight of E[D(real)^2]
     gp_lambda: float = 10.0  # WGAN-GP weight (the paper's 10, target gradient norm 1)
     fmap_max: int = 512  # width cap of G and D (the paper's 512)
+    # the resolution model.g/d_channels sets the width of (at data.resolution when that is smaller); widths
+    # halve per doubling above it, so each level costs a 16 px level's FLOPs. 0: data.resolution (the paper's)
+    channels_at: int = 16
 
     def __post_init__(self):
         if not _is_pow2(self.start_resolution) or self.start_resolution < 4:
@@ -90,6 +97,8 @@ class Options:
         number("progan.drift", self.drift)
         number("progan.gp_lambda", self.gp_lambda)
         integer("progan.fmap_max", self.fmap_max, 1)
+        if not (self.channels_at == 0 or (_is_pow2(self.channels_at) and self.channels_at >= 4)):
+            raise ConfigError(FIELD + "channels_at", f"must be 0 or a power of two >= 4, got {self.channels_at!r}")
 
     @property
     def batch(self) -> dict[int, int]:
@@ -101,9 +110,11 @@ def _options(options) -> Options:
     return options if options is not None else Options()
 
 
-def width(base: int, final: int, res: int, cap: int) -> int:
-    """`base` channels at the full resolution, doubling per halving toward 4x4, capped."""
-    return min(base * (final // res), cap)
+def width(base: int, final: int, res: int, cap: int, at: int = 0) -> int:
+    """`base` channels at min(final, at) (at 0: the full resolution), doubling per halving toward 4x4,
+    halving per doubling above it (at least 1), capped."""
+    anchor = min(final, at) if at else final
+    return max(1, min(base * anchor // res, cap))
 
 
 def lrelu(x: torch.Tensor) -> torch.Tensor:
@@ -143,11 +154,11 @@ class Generator(Staged):
     """z (B, z_dim) -> images (B, C, R, R), R = data.resolution at every stage: linear in train mode,
     clamped to [-1, 1] in eval mode."""
 
-    def __init__(self, latent: LatentSpec, channels: int, start: int, final: int, base: int, cap: int):
+    def __init__(self, latent: LatentSpec, channels: int, start: int, final: int, base: int, cap: int, at: int = 0):
         super().__init__()
         self.latent, self.channels = latent, channels
         self.init_stage(start, final)
-        w = {r: width(base, final, r, cap) for r in levels(4, final)}
+        w = {r: width(base, final, r, cap, at) for r in levels(4, final)}
         self.norm = PixelNorm()
         self.blocks = nn.ModuleDict({"4": FirstBlock(latent.z_dim, w[4])})
         for r in levels(8, final) if final >= 8 else []:
@@ -211,10 +222,10 @@ class FromRGB(nn.Module):
 class Discriminator(Staged):
     """images (B, C, R, R), R = data.resolution, in [-1, 1] -> critic values (B,)."""
 
-    def __init__(self, channels: int, start: int, final: int, base: int, cap: int):
+    def __init__(self, channels: int, start: int, final: int, base: int, cap: int, at: int = 0):
         super().__init__()
         self.init_stage(start, final)
-        w = {r: width(base, final, r, cap) for r in levels(4, final)}
+        w = {r: width(base, final, r, cap, at) for r in levels(4, final)}
         self.from_rgb = nn.ModuleDict({str(r): FromRGB(channels, w[r]) for r in levels(start, final)})
         self.blocks = nn.ModuleDict({str(r): DownBlock(w[r], w[r // 2]) for r in levels(8, final)} if final >= 8 else {})
         self.last = LastBlock(w[4])
@@ -239,14 +250,15 @@ def _fits(o: Options, d: DataConfig) -> None:
 def build_generator(m: ModelConfig, d: DataConfig, n_classes: int = 0, options: Options | None = None) -> Generator:
     o = _options(options)
     _fits(o, d)
-    return Generator(LatentSpec(m.z_dim), d.channels, o.start_resolution, d.resolution, m.g_channels, o.fmap_max)
+    return Generator(LatentSpec(m.z_dim), d.channels, o.start_resolution, d.resolution, m.g_channels, o.fmap_max,
+                     o.channels_at)
 
 
 def build_discriminator(m: ModelConfig, d: DataConfig, n_classes: int = 0,
                         options: Options | None = None) -> Discriminator:
     o = _options(options)
     _fits(o, d)
-    return Discriminator(d.channels, o.start_resolution, d.resolution, m.d_channels, o.fmap_max)
+    return Discriminator(d.channels, o.start_resolution, d.resolution, m.d_channels, o.fmap_max, o.channels_at)
 
 
 # ---- schedule and config checks ---------------------------------------------------------------------

@@ -55,12 +55,21 @@ if TYPE_CHECKING:
     from gan_core.config import PipelineConfig
 
 # The family's defaults (for gan_core.models.ARCHS): StyleGAN2(-ADA)'s non-saturating loss and
-# Adam(2.5e-3, betas (0, 0.99)); widths 32 for CPU runs at 16 px, as progan's.
+# Adam(2.5e-3, betas (0, 0.99)); widths 32 for CPU runs at 16 px, as progan's (above 16 px see
+# Options.channels_at).
 DEFAULTS = {"model": {"loss": "nonsat", "g_channels": 32, "d_channels": 32},
             "train": {"lr_g": 2.5e-3, "lr_d": 2.5e-3, "beta1": 0.0, "beta2": 0.99}}
 VERSIONS = ("v1", "v2")
 NOISE_MODES = ("random", "const")
 MAX_WIDTH = 512
+# model.g_channels / d_channels is the width at this resolution (at data.resolution when that is smaller):
+# the papers' rule (base width at the output, doubling per halving) makes every resolution cost the same
+# FLOPs, r^2 * (base * R / r)^2 = (base * R)^2, so going from 16 to 32 px makes each of them 4x dearer and
+# adds one: ~5.3x a 16 px step (benchmark at 32 px: 112 images/s for v2 at base 32, idle; the default
+# 3000-step run took 43 min under load, ~35 min alone, fid_2k 2.23). Anchoring the base at 16 px halves
+# the widths at 32 px (16, 32, 64, 128 from 32 to 4 px), so every level costs what a 16 px level costs and
+# a 32 px step ~4/3 of a 16 px one (see README for the measured run). 0: the papers' rule.
+CHANNELS_AT = 16
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,7 @@ class Options:
     fade_images: int = 24_000
     stable_images: int = 24_000
     phase_batch: str = ""  # "4:4,8:2": resolution:multiplier of train.batch_size while at that stage
+    channels_at: int = CHANNELS_AT  # the resolution model.g/d_channels sets the width of; 0: data.resolution
 
     def __post_init__(self):
         if self.version not in VERSIONS:
@@ -97,6 +107,9 @@ class Options:
         for name in ("r1_every", "pl_every", "fade_images", "stable_images"):
             integer(name, getattr(self, name), 1)
         integer("start_resolution", self.start_resolution, 4)
+        integer("channels_at", self.channels_at, 0)
+        if self.channels_at and (self.channels_at < 4 or self.channels_at & (self.channels_at - 1)):
+            raise ConfigError("family.channels_at", f"must be 0 or a power of two >= 4, got {self.channels_at}")
         if self.start_resolution & (self.start_resolution - 1):
             raise ConfigError("family.start_resolution", f"must be a power of two, got {self.start_resolution}")
         number("mapping_lr_mul", self.mapping_lr_mul, 0, None, low_open=True)
@@ -128,9 +141,11 @@ def _options(options) -> Options:
     return options if options is not None else Options()
 
 
-def width(base: int, resolution: int, final: int) -> int:
-    """`base` channels at the final resolution, doubling per halving, capped at MAX_WIDTH."""
-    return min(base * (final // resolution), MAX_WIDTH)
+def width(base: int, resolution: int, final: int, at: int = CHANNELS_AT) -> int:
+    """`base` channels at min(final, at) (at 0: final), doubling per halving, halving per doubling above
+    it (at least 1), capped at MAX_WIDTH."""
+    anchor = min(final, at) if at else final
+    return max(1, min(base * anchor // resolution, MAX_WIDTH))
 
 
 # ---- generator ---------------------------------------------------------------------------------------
@@ -138,12 +153,13 @@ class Synthesis(Staged):
     """ws (B, num_ws, w_dim) -> images (B, C, R, R); at a growth stage below R, the stage's image
     upsampled (nearest) to R."""
 
-    def __init__(self, version: str, w_dim: int, channels: int, final: int, base: int, growth: bool = False):
+    def __init__(self, version: str, w_dim: int, channels: int, final: int, base: int, growth: bool = False,
+                 at: int = CHANNELS_AT):
         super().__init__()
         self.init_stage(4, final)
         self.version, self.growth = version, growth
         self.res = levels(4, final)
-        ch = [width(base, r, final) for r in self.res]
+        ch = [width(base, r, final, at) for r in self.res]
         self.num_ws = 2 * len(self.res)
         v1 = version == "v1"
         # N(0, 1) for both versions (StyleGAN2's). StyleGAN's ones make the first layer's instance norm
@@ -207,7 +223,7 @@ class Generator(Staged):
         self.latent, self.resolution = latent, resolution
         w_dim = o.w_dim or latent.z_dim
         self.mapping = Mapping(latent.z_dim, w_dim, o.mapping_layers, o.mapping_lr_mul)
-        self.synthesis = Synthesis(o.version, w_dim, channels, resolution, base, o.growth)
+        self.synthesis = Synthesis(o.version, w_dim, channels, resolution, base, o.growth, o.channels_at)
         self.num_ws, self.w_dim = self.synthesis.num_ws, w_dim
         self.mixing_prob, self.w_avg_beta = o.mixing_prob, o.w_avg_beta
         self.register_buffer("w_avg", torch.zeros(w_dim))  # the truncation centre
@@ -312,11 +328,12 @@ class Discriminator(Staged):
     """(B, C, R, R) -> logits (B,). At a growth stage r < R the input is average-pooled to r; during a
     fade h = alpha * block_r(fromRGB_r(x_r)) + (1 - alpha) * fromRGB_{r/2}(avgpool(x_r))."""
 
-    def __init__(self, channels: int, final: int, base: int, residual: bool, growth: bool = False):
+    def __init__(self, channels: int, final: int, base: int, residual: bool, growth: bool = False,
+                 at: int = CHANNELS_AT):
         super().__init__()
         self.init_stage(4, final)
         self.res = levels(4, final)
-        ch = {r: width(base, r, final) for r in self.res}
+        ch = {r: width(base, r, final, at) for r in self.res}
         rgb_at = self.res if growth else [final]
         self.from_rgb = nn.ModuleDict({str(r): EqualConv2d(channels, ch[r], 1) for r in rgb_at})
         self.blocks = nn.ModuleDict({str(r): DBlock(ch[r], ch[r // 2], residual) for r in self.res[1:]})
@@ -349,7 +366,8 @@ def build_generator(m: ModelConfig, d: DataConfig, n_classes: int = 0, options: 
 def build_discriminator(m: ModelConfig, d: DataConfig, n_classes: int = 0,
                         options: Options | None = None) -> Discriminator:
     o = _options(options)
-    return Discriminator(d.channels, d.resolution, m.d_channels, residual=o.version == "v2", growth=o.growth)
+    return Discriminator(d.channels, d.resolution, m.d_channels, residual=o.version == "v2", growth=o.growth,
+                         at=o.channels_at)
 
 
 # ---- regularisers -----------------------------------------------------------------------------------------
