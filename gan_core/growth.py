@@ -230,8 +230,8 @@ def enter_stage(ctx, growth: Growth) -> Stage:
     for net in (ctx.g_plain, ctx.d_plain, state.G_ema):
         net.set_stage(stage.resolution, stage.alpha)
     state.extra["growth"] = {"resolution": stage.resolution, "alpha": stage.alpha}
-    ctx.out["resolution"] = torch.tensor(float(stage.resolution), device=state.device)
-    ctx.out["alpha"] = torch.tensor(stage.alpha, device=state.device)
+    # plain floats: the host knows them; a tensor made from them would be a blocking copy every step
+    ctx.out["resolution"], ctx.out["alpha"] = float(stage.resolution), float(stage.alpha)
     merge_batches(ctx)
     return stage
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -45,26 +44,38 @@ class LatentSpec:
         return cls(**{k: int(v) for k, v in d.items() if k in cls.__dataclass_fields__})
 
     def sample(self, n: int, generator: torch.Generator | None = None, labels: torch.Tensor | None = None,
-               device: torch.device | str = "cpu") -> "Latent":
-        """n latents. `labels` picks the class (conditional) or the categorical code (InfoGAN);
-        left out, classes cycle 0,1,2,... (balanced) and codes are drawn at random."""
-        z = torch.randn(n, self.z_dim, generator=generator)
+               device: torch.device | str = "cpu", check_labels: bool = True) -> "Latent":
+        """n latents on `device`. `labels` picks the class (conditional) or the categorical code (InfoGAN);
+        left out, classes cycle 0,1,2,... (balanced) and codes are drawn at random.
+
+        Drawn where they are used: from `generator` on its own device (then moved), else from the
+        global RNG of `device` itself (on a GPU the CUDA generator, which the run seeds with
+        torch.manual_seed and the checkpoint saves per rank), so a training step never copies noise
+        from the host. CPU and CUDA streams differ for the same seed; on the CPU the draws are exactly
+        those of the CPU generator, as before. `labels` stay on their device; `check_labels=False`
+        skips the range check, whose comparison would wait for the device (the training step's labels
+        come from the prepared dataset, already checked against its class count)."""
+        device = torch.device(device)
+        at = generator.device if generator is not None else device
+        z = torch.randn(n, self.z_dim, generator=generator, device=at)
         y = cat = cont = None
         if labels is not None:
-            labels = torch.as_tensor(labels, dtype=torch.long).cpu()
+            labels = torch.as_tensor(labels, dtype=torch.long)
             if labels.shape != (n,):
                 raise ValueError(f"labels: expected shape ({n},), got {tuple(labels.shape)}")
             if self.controls == 0:
                 raise ValueError("labels: this generator is unconditional and has no categorical code")
-            if labels.min() < 0 or labels.max() >= self.controls:
+            if check_labels and (labels.min() < 0 or labels.max() >= self.controls):
                 raise ValueError(f"labels: must be in [0, {self.controls}), got {labels.min()}..{labels.max()}")
+            labels = labels.to(at)
         if self.n_classes:
-            y = labels if labels is not None else torch.arange(n) % self.n_classes
+            y = labels if labels is not None else torch.arange(n, device=at) % self.n_classes
         if self.code_cat:
-            cat = labels if labels is not None else torch.randint(self.code_cat, (n,), generator=generator)
-            z = torch.cat([z, F.one_hot(cat, self.code_cat).float()], dim=1)
+            cat = labels if labels is not None else torch.randint(self.code_cat, (n,), generator=generator, device=at)
+            # one-hot by comparison: F.one_hot range-checks its input with .item() on the CPU
+            z = torch.cat([z, (cat[:, None] == torch.arange(self.code_cat, device=at)).to(z.dtype)], dim=1)
         if self.code_cont:
-            cont = torch.rand(n, self.code_cont, generator=generator) * 2 - 1
+            cont = torch.rand(n, self.code_cont, generator=generator, device=at) * 2 - 1
             z = torch.cat([z, cont], dim=1)
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return Latent(move(z), move(y), move(cat), move(cont))

@@ -156,7 +156,8 @@ def run_phase(phase: Phase, ctx: Ctx) -> None:
 class Step:
     """A family's train step: `prepare` once (load the batch, set a growth stage), then the phases in
     order. Called as family.step(state, batches, cfg); returns detached 0-d metrics (loss_d, loss_g and
-    each reported term), which the loop syncs only when it logs."""
+    each reported term), which the loop syncs only when it logs, and plain floats for what the host
+    already knows (a growth stage's resolution and alpha): never a tensor made from host data."""
     phases: tuple[Phase, ...]
     prepare: Callable[[Ctx], None] | None = None
 

@@ -40,8 +40,10 @@ def d_loss(ctx: Ctx) -> torch.Tensor:
     state = ctx.state
     spec = unwrap(state.G).latent
     real, labels = images(ctx), ctx.batch.get("labels")
-    y = labels.to(state.device) if spec.conditional else None
-    lat = spec.sample(real.shape[0], labels=y, device=state.device)
+    y = labels.to(state.device, non_blocking=True) if spec.conditional else None
+    # the dataset's labels were checked against its class count when it was prepared; checking them
+    # again here would wait for the device every step
+    lat = spec.sample(real.shape[0], labels=y, device=state.device, check_labels=False)
     with torch.set_grad_enabled(ctx.last):
         fake = state.G(*lat.inputs)
     logit_real, _ = split_d(state.D(real, y))

@@ -70,7 +70,7 @@ def test_loop_reports_through_callbacks_and_stops_at_steps():
 
 
 def test_non_finite_loss_stops_training_as_diverged_at_that_step():
-    """Checked every step, not only at log points, and before the step can be checkpointed."""
+    """Checked before every checkpoint (here every step), so the poisoned step is never checkpointed."""
     cfg = tiny_config(train={"steps": 10, "log_every": 5, "checkpoint_every": 1})
 
     class PoisonAt3(Callback):
@@ -87,6 +87,32 @@ def test_non_finite_loss_stops_training_as_diverged_at_that_step():
 
     s, cb = build_state(cfg), PoisonAt3()
     images, _ = blobs(64)
-    with pytest.raises(DivergedError, match="diverged at step 4: non-finite"):
+    with pytest.raises(DivergedError, match=r"diverged at or before step 4 \(first non-finite: loss_d.* at step 4\)"):
         train(s, ShardedBatches({"images": torch.from_numpy(images)}, 8, 0, 1, 0).from_step(0), cfg, [cb])
     assert s.step == 4 and cb.ckpts == [1, 2, 3]  # nothing after the poisoning
+
+
+def test_divergence_between_checks_is_caught_at_the_next_check_naming_the_first_bad_step():
+    """The check reads the device only at log/checkpoint steps: a NaN at step 7 stops the run at step 8
+    (checkpoint_every 4), before that checkpoint, and the error names step 7 and its keys."""
+    cfg = tiny_config(train={"steps": 12, "log_every": 6, "checkpoint_every": 4})
+    seen = []
+
+    class PoisonAt6(Callback):
+        def on_step(self, state):
+            if state.step == 6:
+                with torch.no_grad():
+                    next(unwrap(state.D).parameters()).fill_(float("nan"))
+
+        def on_log(self, state, metrics):
+            seen.append(("log", state.step))
+
+        def on_checkpoint(self, state):
+            seen.append(("ckpt", state.step))
+
+    s = build_state(cfg)
+    images, _ = blobs(64)
+    bad = r"diverged at or before step 8 \(first non-finite: loss_d, loss_g at step 7\)"
+    with pytest.raises(DivergedError, match=bad):
+        train(s, ShardedBatches({"images": torch.from_numpy(images)}, 8, 0, 1, 0).from_step(0), cfg, [PoisonAt6()])
+    assert s.step == 8 and seen == [("ckpt", 4), ("log", 6)]

@@ -174,18 +174,21 @@ def pool_draw(pool: torch.Tensor | None, fakes: torch.Tensor, size: int) -> tupl
     while the pool holds fewer than `size` the new fake is stored and shown to D; once full, with
     probability 1/2 D sees a random stored fake, which the new one replaces, else the new fake.
 
-    fakes (B, C, H, W), detached; pool (n <= size, C, H, W) float32 on the CPU, or None (empty).
-    Returns (the B images D sees, on fakes' device and dtype; the new pool). Pure: `pool` is not
-    changed. Draws B uniforms and B slots from the global torch RNG on every call (whether or not
-    the pool is full), so a checkpointed RNG replays the same choices after a resume.
+    fakes (B, C, H, W), detached; pool (n <= size, C, H, W) float32, or None (empty). Returns (the B
+    images D sees, on fakes' device and dtype; the new pool, float32 on fakes' device). Pure: `pool`
+    is not changed. Draws B uniforms and B slots from the torch RNG of fakes' device on every call
+    (whether or not the pool is full), so a checkpointed RNG replays the same choices after a resume.
+    Nothing waits for the device: the coin and the slot choose with where/index ops on the device
+    (the loop runs over the batch on the host, which knows the pool's length from its shape).
     """
     if size == 0:
         return fakes.detach(), pool
-    new = fakes.detach().float().cpu()  # float32, not uint8: a pooled fake is exactly what G drew
-    coins, slots = torch.rand(len(new)), torch.randint(size, (len(new),))
-    # a copy on the CPU: the caller's pool stays as it was, also when a checkpoint was mapped to a GPU
-    # (cut to `size` should a resumed run ask for a smaller pool than its checkpoint holds)
-    pool = new[:0] if pool is None else pool[:size].detach().to("cpu", torch.float32, copy=True)
+    new = fakes.detach().float()  # float32, not uint8: a pooled fake is exactly what G drew
+    coins = torch.rand(len(new), device=new.device)
+    slots = torch.randint(size, (len(new),), device=new.device)
+    # a copy: the caller's pool stays as it was (cut to `size` should a resumed run ask for a smaller
+    # pool than its checkpoint holds; moved to the fakes' device, as a checkpoint loads on the CPU)
+    pool = new[:0] if pool is None else pool[:size].detach().to(new.device, torch.float32, copy=True)
     if pool.shape[1:] != new.shape[1:]:
         raise ValueError(f"image pool holds {tuple(pool.shape[1:])} images but G drew {tuple(new.shape[1:])} "
                          "(a resume with another data.resolution or data.channels?)")
@@ -193,10 +196,11 @@ def pool_draw(pool: torch.Tensor | None, fakes: torch.Tensor, size: int) -> tupl
     for i in range(len(new)):
         if len(pool) < size:
             pool = torch.cat([pool, new[i:i + 1]])
-        elif coins[i] < 0.5:
-            j = int(slots[i])
-            shown[i] = pool[j].to(shown.device, shown.dtype)
-            pool[j] = new[i]
+            continue
+        j, take = slots[i:i + 1], coins[i] < 0.5
+        stored = pool.index_select(0, j)
+        shown[i] = torch.where(take, stored[0], new[i]).to(shown.dtype)
+        pool.index_copy_(0, j, torch.where(take, new[i:i + 1], stored))
     return shown, pool
 
 
