@@ -13,13 +13,13 @@ Exit codes (distinct so scripts can branch on them):
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import typer
 
 from flows.cli.app import app, fail
+from gan_core.files import file_sha256
 
 KEY_BITS_OFF = 3  # watermark key-id bits that may differ and still name the key here
 EXIT = {"verified": 0, "altered": 3, "unsigned": 4, "no-key": 5, "other-key": 6, "watermark": 7}
@@ -33,14 +33,6 @@ def _home():
         return load_settings().home
     except SettingsError:
         return None
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _registered_fields(s, model: str) -> dict:
@@ -71,7 +63,7 @@ def _checkpoint_fields(model: str) -> dict:
         meta = load_checkpoint(path).get("meta") or {}
     except CheckpointError as e:
         fail(f"{model}: refused: {e}")
-    digest = _file_sha256(path)
+    digest = file_sha256(path)
     out = {"checkpoint": str(path), "checkpoint_sha256": digest, "dataset_sha256": meta.get("dataset_sha256")}
     record = path.parent / "train.json"
     try:
