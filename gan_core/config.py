@@ -20,12 +20,15 @@ from gan_core.files import canonical_json
 from gan_core.models import ARCHS
 from gan_core.sections import (DATASET_RE, MINIBATCH, NAME_RE, OPTIMIZERS, SECTIONS, ConfigError, DataConfig,
                                EvalConfig, ModelConfig, RegisterConfig, TrainConfig, check)
+from gan_core.sections import FederatedConfig, PrivacyConfig
 
 __all__ = ["DATASET_RE", "FAMILY", "MINIBATCH", "NAME_RE", "OPTIMIZERS", "SECTIONS", "ConfigError", "DataConfig",
            "EvalConfig", "ModelConfig", "PipelineConfig", "RegisterConfig", "TrainConfig", "canonical_json",
            "family_sections", "moved_settings"]
 
 FAMILY = "family"  # params.yaml section holding each family's own settings, by family name
+# sections left out of to_dict while at their defaults, so the params hash of older configs is unchanged
+OPTIONAL_SECTIONS = ("federated", "privacy")
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,8 @@ class PipelineConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     register: RegisterConfig = field(default_factory=RegisterConfig)
+    federated: FederatedConfig = field(default_factory=FederatedConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)  # DP-SGD on D (gan_core/privacy.py)
     # the selected family's own settings (pix2pix's l1_lambda, ...): its Options dataclass, read from
     # params.yaml's `family:` section (`family: {pix2pix: {l1_lambda: 50}}`); None when it has none
     family: Any = None
@@ -56,10 +61,20 @@ class PipelineConfig:
                     for name, sec in SECTIONS.items()}
         cfg = cls(**sections, family=_family_options(d.get(FAMILY) or {}, arch))
         _family_check(cfg)
+        f = cfg.federated
+        check(not f.enabled or f.rounds * f.local_steps == cfg.train.steps, "federated.rounds",
+              f"rounds x local_steps = {f.rounds} x {f.local_steps} must equal train.steps={cfg.train.steps} "
+              "(the step count every stage reads)")
+        private = tuple(name for name, f in ARCHS.items() if f.private)
+        check(not cfg.privacy.enabled or ARCHS[cfg.model.arch].private, "privacy.enabled",
+              f"DP-SGD supports model.arch in {private}, not {cfg.model.arch!r} (a family declares it: Family.private)")
+        check(not cfg.privacy.enabled or cfg.train.num_workers == 1, "train.num_workers",
+              f"must be 1 with privacy.enabled (DP-SGD runs on one worker here), got {cfg.train.num_workers}")
         return cfg
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        out = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        out = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS
+               if name not in OPTIONAL_SECTIONS or getattr(self, name) != SECTIONS[name]()}
         if self.family is not None:  # absent otherwise, so the params hash of older configs is unchanged
             out[FAMILY] = {self.model.arch: dataclasses.asdict(self.family)}
         return out

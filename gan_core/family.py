@@ -85,6 +85,10 @@ class Family:
     # parameters without gradients. A bool, or a function of the family's options (stylegan grows
     # only when asked, and DDP's search for unused parameters costs every backward)
     dynamic_graph: bool | Callable[[Any], bool] = False
+    # DP-SGD (privacy.enabled) can train its D: one forward per private image, no gradient penalty
+    # (a double backward Opacus' per-sample hooks cannot take: wgan_gp, progan, stylegan's R1), no
+    # spectral-norm parametrisation (biggan), and one image per sample (not pix2pix's pairs)
+    private: bool = False
 
     def grows(self, options: Any) -> bool:
         return bool(self.dynamic_graph(options) if callable(self.dynamic_graph) else self.dynamic_graph)

@@ -150,5 +150,67 @@ class RegisterConfig:
               f"{self.model_prefix!r} must match {NAME_RE.pattern}")
 
 
+FED_SPLITS = ("iid", "classes")  # iid: a random equal share each; classes: each client a subset of the classes
+FED_AGGREGATE = ("all", "generator", "discriminator")  # the networks FedAvg averages; the others stay on clients
+
+
+@dataclass(frozen=True)
+class FederatedConfig:
+    """Federated rounds (flows/stages/federated.py): `clients` Ray actors, each holding only its shard,
+    train `local_steps` from the global weights, then the server averages them (FedAvg)."""
+    enabled: bool = False
+    clients: int = 3
+    rounds: int = 30  # rounds x local_steps must equal train.steps (every stage reads the step count there)
+    local_steps: int = 100  # optimizer steps of G per client per round, batch train.batch_size each
+    split: str = "iid"
+    classes_per_client: int = 2  # split=classes: classes each client holds (rows of a shared class are divided)
+    min_clients: int = 2  # a round with fewer surviving clients fails
+    aggregate: str = "all"
+    client_timeout_s: float = 600.0  # a client that has not answered a round by then is dropped from it
+
+    def __post_init__(self):
+        check(self.clients >= 1, "federated.clients", f"must be >= 1, got {self.clients}")
+        check(self.rounds >= 1, "federated.rounds", f"must be >= 1, got {self.rounds}")
+        check(self.local_steps >= 1, "federated.local_steps", f"must be >= 1, got {self.local_steps}")
+        check(self.split in FED_SPLITS, "federated.split", f"must be one of {FED_SPLITS}, got {self.split!r}")
+        check(self.classes_per_client >= 1, "federated.classes_per_client",
+              f"must be >= 1, got {self.classes_per_client}")
+        check(1 <= self.min_clients <= self.clients, "federated.min_clients",
+              f"must be in [1, federated.clients={self.clients}], got {self.min_clients}")
+        check(self.aggregate in FED_AGGREGATE, "federated.aggregate",
+              f"must be one of {FED_AGGREGATE}, got {self.aggregate!r}")
+        check(self.client_timeout_s > 0, "federated.client_timeout_s", f"must be > 0, got {self.client_timeout_s}")
+
+
+ACCOUNTANTS = ("rdp", "prv")  # opacus' Renyi-DP and privacy-random-variable accountants
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """DP-SGD on the discriminator (gan_core/privacy.py, Opacus): per-sample clipping + Gaussian noise on
+    D's updates, the only ones that read the private images (G is post-processing of D)."""
+    enabled: bool = False
+    target_epsilon: float = 0.0  # 0: no target (noise_multiplier as given; epsilon only reported)
+    delta: float = 0.0  # 0: 1 / n_train
+    max_grad_norm: float = 1.0  # per-sample clipping norm C
+    noise_multiplier: float = 0.0  # sigma; 0 with a target: calibrated so the budget is spent at train.steps
+    accountant: str = "rdp"
+    stop_when_spent: bool = True  # with a target and a given sigma: stop at the last step the budget allows
+    # the registry's automatic gate may let this run's model replace a DP champion even if it is not DP
+    allow_non_private: bool = False
+
+    def __post_init__(self):
+        check(self.target_epsilon >= 0, "privacy.target_epsilon", f"must be >= 0 (0: no target), got {self.target_epsilon}")
+        check(0 <= self.delta < 1, "privacy.delta", f"must be in [0, 1) (0: 1/n_train), got {self.delta}")
+        check(self.max_grad_norm > 0, "privacy.max_grad_norm", f"must be > 0, got {self.max_grad_norm}")
+        check(self.noise_multiplier >= 0, "privacy.noise_multiplier", f"must be >= 0, got {self.noise_multiplier}")
+        check(self.accountant in ACCOUNTANTS, "privacy.accountant",
+              f"must be one of {ACCOUNTANTS}, got {self.accountant!r}")
+        if self.enabled:
+            check(self.target_epsilon > 0 or self.noise_multiplier > 0, "privacy.noise_multiplier",
+                  "must be > 0 when privacy.target_epsilon is 0 (no target): no noise is no privacy")
+
+
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "eval": EvalConfig,
-            "register": RegisterConfig}
+            "register": RegisterConfig, "federated": FederatedConfig,
+            "privacy": PrivacyConfig}

@@ -16,6 +16,7 @@ from gan_core.divergence import DivergedError, Divergence  # noqa: F401 (Diverge
 from gan_core.growth import Fixed, Growth
 from gan_core.losses import LOSSES
 from gan_core.models import family_for
+from gan_core.privacy import end_step
 from gan_core.state import Callback, TrainState
 from gan_core.steps import unwrap
 
@@ -31,6 +32,9 @@ def build_state(cfg: PipelineConfig, device: torch.device | str = "cpu", n_class
     device = torch.device(device)
     G = family.build_g(cfg.model, cfg.data, n_classes, cfg.family).to(device)
     D = family.build_d(cfg.model, cfg.data, n_classes, cfg.family).to(device)
+    if cfg.privacy.enabled:  # group norm for batch norm: DP-SGD needs per-sample gradients (privacy.make_private)
+        from gan_core.privacy import private_d
+        D = private_d(D, cfg)
     if cfg.train.channels_last:
         G, D = G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
@@ -108,7 +112,7 @@ def train(state: TrainState, batches: Iterator, cfg: PipelineConfig,
     divergence, checked = Divergence(state.device, state.world), state.step
     batches = iter(batches)
     for batch in batches:
-        if state.step >= t.steps:
+        if state.step >= end_step(state, t.steps):  # train.steps, or where a DP budget ran out
             break
         group = [batch] + [next(batches) for _ in range(plan.batches(state.step) - 1)]
         # ---- one optimisation step (family-specific) --------------------------------------
@@ -123,7 +127,7 @@ def train(state: TrainState, batches: Iterator, cfg: PipelineConfig,
         for k, v in out.items():
             sums[k], counts[k] = sums.get(k, 0.0) + v, counts.get(k, 0) + 1
         n, imgs = n + 1, imgs + batch_images
-        last = state.step == t.steps
+        last = state.step == end_step(state, t.steps)
         log, save = state.step % t.log_every == 0 or last, state.step % t.checkpoint_every == 0 or last
         if log or save:
             divergence.check(state.step)  # a collective: every rank reaches it at the same steps

@@ -53,7 +53,7 @@ def models_compare(name: Optional[str] = typer.Argument(None, help="registered m
         typer.echo(f"chart: {out}")
 
 
-def _move(name: str, version: str | None, reason: str, force: bool) -> None:
+def _move(name: str, version: str | None, reason: str, force: bool, allow_non_private: bool = False) -> None:
     s = cli_settings()
     from flows.registry.promotion import PromotionError, move_champion
     from flows.registry.tracking import client
@@ -62,7 +62,7 @@ def _move(name: str, version: str | None, reason: str, force: bool) -> None:
     what = "rollback" if version is None else "promote"
     try:
         move = move_champion(client(s.mlflow_uri), name, version, reason, force, promote_lock_path(s, name),
-                             rollback=version is None)
+                             rollback=version is None, allow_non_private=allow_non_private)
     except PromotionError as e:
         fail(f"models {what}: {e}")
     forced = " (forced)" if move.forced else ""
@@ -75,9 +75,13 @@ def models_promote(name: str = typer.Argument(..., help="registered model name")
                    version: str = typer.Argument(..., help="version to make champion (2 or v2)"),
                    reason: str = typer.Option(..., "--reason", help="why; recorded on the version and in the history"),
                    force: bool = typer.Option(False, "--force", help="promote a version the gate refused or one "
-                                                                     "scored under another evaluator fingerprint")):
-    """Make VERSION the champion by hand, under the promotion lock; recorded (who, when, why)."""
-    _move(name, version.removeprefix("v"), reason, force)
+                                                                     "scored under another evaluator fingerprint"),
+                   allow_non_private: bool = typer.Option(False, "--allow-non-private",
+                                                          help="let a model trained without differential privacy "
+                                                               "replace a DP champion")):
+    """Make VERSION the champion by hand, under the promotion lock; recorded (who, when, why).
+    A version whose privacy epsilon exceeds GANPIPE_MAX_EPSILON is refused, even with --force."""
+    _move(name, version.removeprefix("v"), reason, force, allow_non_private)
 
 
 @models_app.command("rollback")

@@ -11,6 +11,7 @@ from pathlib import Path
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from flows.registry.gate import epsilon_of
 from flows.registry.tracking import CHAMPION
 from flows.serving.tags import served_version
 
@@ -36,6 +37,7 @@ class Row:
     champion: bool
     decision: str
     served: bool = False  # the version `ganpipe deploy` serves (the model's serving.version tag)
+    epsilon: float | None = None  # DP models' privacy.epsilon tag; None: trained without differential privacy
 
 
 # ---------------------------------------------------------------- collect
@@ -98,7 +100,7 @@ def _row(c: MlflowClient, version, champion: str | None) -> Row:
         arch=tags.get("model.arch", MISSING), params=row_params,
         steps=tags.get("checkpoint.step") or params.get("train.steps", MISSING),
         images_per_s=_images_per_s(c, run), champion=str(version.version) == str(champion),
-        decision=tags.get("promotion.decision", ""))
+        decision=tags.get("promotion.decision", ""), epsilon=epsilon_of(tags))
 
 
 def collect(c: MlflowClient, name: str | None = None) -> list[Row]:
@@ -127,7 +129,9 @@ def _cells(r: Row, metric_in_cell: bool) -> list[str]:
     p = r.params
     fid = _num(r.fid, ".4f") + (f" ({r.metric})" if metric_in_cell else "")
     return [r.name, str(r.version), fid, r.fingerprint, r.dataset, r.arch, str(p["loss"]), str(p["z_dim"]),
-            str(p["batch_size"]), str(p["lr_g"]), str(p["lr_d"]), r.steps, _num(r.images_per_s, ".1f"),
+            str(p["batch_size"]), str(p["lr_g"]), str(p["lr_d"]), r.steps,
+            "" if r.epsilon is None else _num(r.epsilon, ".3g"),  # blank: not a DP model
+            _num(r.images_per_s, ".1f"),
             "*" if r.champion else ""]
 
 
@@ -150,10 +154,10 @@ def render_table(rows: list[Row]) -> str:
     # the gate metric is the family's: FID for noise families, PSNR for super-resolution, ...
     label = "FID" if all(m.startswith("fid") or m == MISSING for m in metrics) else "gate"
     head = ["model", "v", f"{label}({next(iter(metrics))})" if one_metric else f"{label}(metric)", "fingerprint",
-            "dataset", "arch", "loss", "z", "bs", "lr_g", "lr_d", "steps", "img/s", "champion"]
+            "dataset", "arch", "loss", "z", "bs", "lr_g", "lr_d", "steps", "eps", "img/s", "champion"]
     body = [_cells(r, not one_metric) for r in rows]
     widths = [max(len(line[i]) for line in [head, *body]) for i in range(len(head))]
-    numeric = {1, 2, 7, 8, 9, 10, 11, 12}  # right-aligned so digits line up
+    numeric = {1, 2, 7, 8, 9, 10, 11, 12, 13}  # right-aligned so digits line up
 
     def fmt(line):
         return "  ".join(c.rjust(w) if i in numeric else c.ljust(w)

@@ -76,3 +76,45 @@ def decision_label(candidate: Scored, promoted: bool) -> str:
     if promoted:
         return "promoted"
     return "refused" if not math.isfinite(candidate.value) else "not promoted"
+
+
+# ---- privacy (DP-GAN, gan_core/privacy.py): two refusals on top of the metric ------------------------
+EPSILON_TAG = "privacy.epsilon"  # on every version trained with privacy.enabled; absent: not DP
+BUDGET_ENV = "GANPIPE_MAX_EPSILON"  # the registry's privacy budget: no version with a larger epsilon is promoted
+
+
+def epsilon_of(tags: Mapping[str, str]) -> float | None:
+    """A version's epsilon, or None for a model trained without differential privacy."""
+    value = tags.get(EPSILON_TAG)
+    return None if value in (None, "") else fid_from_record(value)
+
+
+def epsilon_budget(env: Mapping[str, str]) -> float:
+    """GANPIPE_MAX_EPSILON as a number; 0 (or unset) means no budget."""
+    raw = env.get(BUDGET_ENV, "").strip()
+    if not raw:
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{BUDGET_ENV}={raw!r}: must be a number (the largest epsilon a champion may have)") from None
+    if not value >= 0:
+        raise ValueError(f"{BUDGET_ENV}={raw!r}: must be >= 0 (0: no budget)")
+    return value
+
+
+def privacy_refusal(candidate: Mapping[str, str], champion: Mapping[str, str] | None, max_epsilon: float,
+                    allow_non_private: bool) -> tuple[str, bool] | None:
+    """Why a version's privacy keeps it from becoming champion, with whether the user may override it, or
+    None. A DP model over the budget is never promoted (raise the budget instead: no flag overrides it,
+    and an epsilon that is not finite counts as over any budget); a non-DP model does not replace a DP
+    champion unless the user allows it (`--allow-non-private`, `--force`, params privacy.allow_non_private)."""
+    eps = epsilon_of(candidate)
+    if eps is not None and max_epsilon > 0 and not eps <= max_epsilon:
+        return (f"privacy epsilon {eps:.4g} exceeds the registry budget {BUDGET_ENV}={max_epsilon:g}; "
+                "never promoted"), False
+    champion_eps = epsilon_of(champion) if champion is not None else None
+    if eps is None and champion_eps is not None and not allow_non_private:
+        return (f"a model trained without differential privacy does not replace a DP champion (epsilon "
+                f"{champion_eps:.4g}) unless allowed (--allow-non-private, or params privacy.allow_non_private)"), True
+    return None

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Mapping
 
 from flows.registry import history
+from flows.registry.gate import epsilon_budget, privacy_refusal
 from flows.registry.tracking import CHAMPION, champion_version
 
 log = logging.getLogger(__name__)
@@ -36,13 +37,18 @@ class Version:
     tags: Mapping[str, str]
 
 
-def refusal(candidate: Version, champion: Version | None, force: bool) -> str | None:
+def refusal(candidate: Version, champion: Version | None, force: bool, max_epsilon: float = 0.0,
+            allow_non_private: bool = False) -> str | None:
     """Why `candidate` must not become champion now, or None. Already being champion is refused even
     with force (there is nothing to move); a version the gate refused (no finite metric) or one scored
     under another evaluator fingerprint than the champion's (its metric is not comparable) only
     without force."""
     if champion is not None and champion.version == candidate.version:
         return f"v{candidate.version} is already the champion"
+    # privacy: over the budget is refused even with --force; non-DP over a DP champion only without a flag
+    held = privacy_refusal(candidate.tags, champion and champion.tags, max_epsilon, allow_non_private or force)
+    if held is not None:
+        return f"v{candidate.version}: {held[0]}" + (" (raise the budget to promote it)" if not held[1] else "")
     if force:
         return None
     tags = candidate.tags
@@ -92,13 +98,17 @@ def _record(c, name: str, version: str, move: history.Move, champion) -> None:
 
 
 def move_champion(c, name: str, target: str | None, reason: str, force: bool, lock_path: Path,
-                  rollback: bool = False) -> history.Move:
+                  rollback: bool = False, allow_non_private: bool = False) -> history.Move:
     """Make `target` the champion (a manual promotion), or with rollback=True (target None) the
     champion before the current one. Checks run on the champion re-read under the promotion lock.
     Raises PromotionError/PromotionRefused with the reason; returns the move recorded."""
     from flows.stages.register import promotion_lock
 
     reason = reason.strip()
+    try:
+        budget = epsilon_budget(os.environ)  # a malformed GANPIPE_MAX_EPSILON fails before the lock
+    except ValueError as e:
+        raise PromotionError(str(e)) from None
     if not reason:
         raise PromotionError("--reason is empty: say why the champion changes (it is recorded on the version)")
     if target is not None:
@@ -120,11 +130,11 @@ def move_champion(c, name: str, target: str | None, reason: str, force: bool, lo
                 raise PromotionError(f"{name}: no champion before v{champion.version} in its history "
                                      f"({len(moves)} recorded moves); nothing to roll back to")
         candidate = _version(c, name, target)
-        if why_not := refusal(candidate, champion, force):
+        if why_not := refusal(candidate, champion, force, budget, allow_non_private):
             raise PromotionRefused(f"{name}: {why_not}")
         move = history.Move(version=candidate.version, at=history.now_utc(), by=history.who(), why=reason,
                             previous=champion and champion.version, kind="rollback" if rollback else "manual",
-                            forced=force and refusal(candidate, champion, False) is not None)
+                            forced=force and refusal(candidate, champion, False, budget, allow_non_private) is not None)
         _record(c, name, candidate.version, move, champion)
     log.info("%s: champion v%s -> v%s (%s by %s: %s)", name, move.previous, move.version, move.kind, move.by, reason)
     return move

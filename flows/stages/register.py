@@ -22,6 +22,7 @@ from flows.data import versioning
 from flows.stages.evaluate import json_safe
 from flows.registry import history
 from flows.registry.gate import Scored, decide, decision_label, fid_from_record, recorded_decision, same_registration
+from flows.registry.gate import epsilon_budget, privacy_refusal
 from flows.ops.locks import file_lock, server_lock
 from flows.stages.records import read_record, write_record
 from flows.ops.settings import Settings, without_password
@@ -73,7 +74,8 @@ def promotion_lock(name: str, lock_path: Path, holder: str, on_wait):
     return file_lock(lock_path, holder, on_wait)
 
 
-def promote(c, name: str, version: str, candidate: Scored, margin: float, lock_path: Path) -> tuple[bool, str]:
+def promote(c, name: str, version: str, candidate: Scored, margin: float, lock_path: Path,
+            allow_non_private: bool = False) -> tuple[bool, str]:
     """Gate one registered version against the current champion and move the alias if it wins;
     tags the version with the decision and its reason. Returns (promoted, reason).
 
@@ -92,6 +94,12 @@ def promote(c, name: str, version: str, candidate: Scored, margin: float, lock_p
         champion = champion_version(c, name)  # re-read under the lock: never a value read before waiting
         _fault_delay()
         promoted, reason = decide(candidate, _scored(champion), margin)
+        label = decision_label(candidate, promoted)
+        # privacy (tags privacy.*): over the GANPIPE_MAX_EPSILON budget, or non-DP over a DP champion
+        held = privacy_refusal(dict(c.get_model_version(name, version).tags), champion and dict(champion.tags),
+                               epsilon_budget(os.environ), allow_non_private)
+        if promoted and held is not None and not (champion is not None and str(champion.version) == version):
+            promoted, reason, label = False, held[0], "not promoted" if held[1] else "refused"
         if promoted and (champion is None or str(champion.version) != version):
             c.set_registered_model_alias(name, CHAMPION, version)
             history.append(c, name, history.Move(version, history.now_utc(), history.AUTOMATIC, reason,
@@ -99,7 +107,7 @@ def promote(c, name: str, version: str, candidate: Scored, margin: float, lock_p
             if champion is not None:  # its own promotion tags stay as decided then; this says what replaced it
                 c.set_model_version_tag(name, champion.version, "promotion.superseded_by",
                                         f"v{version} ({candidate.metric} {candidate.value:.4f})")
-        c.set_model_version_tag(name, version, "promotion.decision", decision_label(candidate, promoted))
+        c.set_model_version_tag(name, version, "promotion.decision", label)
         c.set_model_version_tag(name, version, "promotion.reason", reason)
     return promoted, reason
 
@@ -144,6 +152,19 @@ def lineage_tags(settings: Settings, cfg: PipelineConfig, training: dict, evalua
     if evaluation.get("error"):
         tags["eval.error"] = str(evaluation["error"])
     return tags
+
+
+def privacy_tags(cfg: PipelineConfig, extra: dict) -> dict[str, str]:
+    """The privacy.* figures of a DP checkpoint ({} without privacy). A config with privacy on whose
+    checkpoint has no accountant record was not trained with DP-SGD: refuse to register it as DP."""
+    from gan_core.privacy import KEY, summary
+
+    if KEY in extra:
+        return summary(extra[KEY])
+    if cfg.privacy.enabled:
+        raise ValueError("privacy.enabled but the checkpoint holds no privacy record (extra['privacy']): "
+                         "it was not trained with DP-SGD; refusing to register it")
+    return {}
 
 
 def gate_value(evaluation: dict) -> float:
@@ -243,6 +264,7 @@ def _register_once(settings: Settings, cfg: PipelineConfig, lineage: dict) -> di
             mlflow.log_artifact(str(settings.candidate_dir / "checkpoint.pt"), "checkpoint")
         tags = lineage_tags(settings, cfg, training, evaluation, lineage)
         tags.update({f"family.{k}": str(state.extra[k]) for k in state.family.lineage if k in state.extra})
+        tags.update(privacy_tags(cfg, state.extra))
         version = str(mlflow.register_model(info.model_uri, name, tags=tags).version)
         recorded = None
     else:
@@ -251,7 +273,7 @@ def _register_once(settings: Settings, cfg: PipelineConfig, lineage: dict) -> di
 
     if recorded is None:  # a new version, or one whose promotion never completed (a crash in between)
         promoted, reason = promote(c, name, version, candidate, cfg.register.promotion_margin,
-                                   promote_lock_path(settings, name))
+                                   promote_lock_path(settings, name), cfg.privacy.allow_non_private)
     else:
         champion = champion_version(c, name)
         promoted = champion is not None and str(champion.version) == version

@@ -187,7 +187,8 @@ def final_checkpoint(result, storage_path: str, storage_fs, run_name: str, steps
     point = newest_valid(fs, f"{storage_path.rstrip('/')}/{run_name}", recorded)
     if point.checkpoint is None:
         raise TrainingError(f"Ray Train run {run_name!r} finished without a checkpoint")
-    if int(point.checkpoint["step"]) != steps:
+    spent = (point.checkpoint.get("extra") or {}).get("privacy", {}).get("stopped_at")  # a DP budget ran out there
+    if int(point.checkpoint["step"]) != steps and int(point.checkpoint["step"]) != spent:
         raise TrainingError(f"Ray Train run {run_name!r} finished, but its newest valid checkpoint "
                             f"({posixpath.basename(point.path)}) is at step {point.checkpoint['step']}, not {steps}")
     return ray.train.Checkpoint(point.path, filesystem=fs)
@@ -278,6 +279,9 @@ def train_stage(settings: Settings, cfg: PipelineConfig, lineage: dict) -> dict:
             **{f"lineage.{k}": str(v) for k, v in meta.items()}}
     run_id = open_mlflow_run(c, exp, run_name, cfg, tags)
     try:
+        if cfg.federated.enabled:  # clients as Ray actors, each with its own shard (flows/stages/federated.py)
+            from flows.stages.federated import run_federated
+            return run_federated(settings, cfg, str(prepared), run_name, run_id, meta)
         return run_training(settings, cfg, str(prepared), run_name, run_id, meta)
     except BaseException:
         c.set_terminated(run_id, "FAILED")

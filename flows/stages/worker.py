@@ -102,6 +102,9 @@ def train_loop_per_worker(config: dict) -> None:
     state = build_state(cfg, device, data.num_classes)
     torch.manual_seed(cfg.train.seed * 1_000_003 + rank + 1)  # then a distinct latent stream per rank
     point = resume(state, world, rank)
+    if cfg.privacy.enabled:  # after the restore: the accountant continues the checkpoint's history
+        from gan_core.privacy import make_private
+        make_private(state, cfg, len(training_arrays(data)[0]["images"]))
     if world > 1:
         distribute(state, world)
 

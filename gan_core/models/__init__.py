@@ -41,18 +41,20 @@ SRGAN = {"model": {"loss": "nonsat", "g_channels": 32, "d_channels": 32},
 ARCHS: dict[str, Family] = {
     "vanilla": Family(
         "vanilla", "MLP generator and discriminator (Goodfellow 2014), non-saturating loss",
-        "unconditional", vanilla.build_generator, vanilla.build_discriminator, ("nonsat", "hinge"), adversarial_step),
+        "unconditional", vanilla.build_generator, vanilla.build_discriminator, ("nonsat", "hinge"), adversarial_step,
+        private=True),
     "dcgan": Family(
         "dcgan", "strided conv / transposed conv, batch norm, LeakyReLU (Radford 2016)",
-        "unconditional", dcgan.build_generator, dcgan.build_discriminator, ("nonsat", "hinge"), adversarial_step),
+        "unconditional", dcgan.build_generator, dcgan.build_discriminator, ("nonsat", "hinge"), adversarial_step,
+        private=True),
     "cgan": Family(
         "cgan", "class embedding concatenated to z in G, projection discriminator (Mirza 2014, Miyato 2018)",
         "labelled", dcgan.build_generator, dcgan.build_conditional_discriminator, ("nonsat", "hinge"),
-        adversarial_step, metrics=("fid", "class_acc"), options=dcgan.ConditionalOptions),
+        adversarial_step, metrics=("fid", "class_acc"), options=dcgan.ConditionalOptions, private=True),
     "wgan": Family(
         "wgan", "critic without sigmoid, Wasserstein loss, weight clipping, n_critic, RMSprop (Arjovsky 2017)",
         "unconditional", dcgan.build_generator, dcgan.build_discriminator, ("wasserstein",), clipped_step,
-        defaults=WGAN, options=dcgan.ClipOptions),
+        defaults=WGAN, options=dcgan.ClipOptions, private=True),
     "wgan_gp": Family(
         "wgan_gp", "Wasserstein loss + gradient penalty on interpolates, layer-norm critic (Gulrajani 2017)",
         "unconditional", dcgan.build_generator, dcgan.build_critic, ("wasserstein",), penalty_step,
@@ -60,7 +62,7 @@ ARCHS: dict[str, Family] = {
     "infogan": Family(
         "infogan", "categorical + continuous codes, Q head sharing D's body, mutual-information loss (Chen 2016)",
         "unconditional", dcgan.build_info_generator, dcgan.build_info_discriminator, ("nonsat", "hinge"),
-        info_step, metrics=("fid", "code_acc", "code_nmi"), options=dcgan.InfoOptions),
+        info_step, metrics=("fid", "code_acc", "code_nmi"), options=dcgan.InfoOptions, private=True),
     "biggan": Family(
         "biggan", "conditional BN with shared embedding, hierarchical z, self-attention, spectral norm, hinge "
                   "(Brock 2019)",
