@@ -58,7 +58,9 @@ def private_d(D: nn.Module, cfg: "PipelineConfig") -> nn.Module:
 
 
 def delta_of(p: "PrivacyConfig", n_train: int) -> float:
-    return p.delta if p.delta > 0 else 1.0 / n_train
+    # 0: a tenth of one training image's share. delta must stay well below 1/n: a mechanism that
+    # publishes one random training image outright is (0, 1/n)-DP
+    return p.delta if p.delta > 0 else 0.1 / n_train
 
 
 def accountant_for(name: str, history=()):

@@ -191,7 +191,7 @@ class PrivacyConfig:
     D's updates, the only ones that read the private images (G is post-processing of D)."""
     enabled: bool = False
     target_epsilon: float = 0.0  # 0: no target (noise_multiplier as given; epsilon only reported)
-    delta: float = 0.0  # 0: 1 / n_train
+    delta: float = 0.0  # 0: 1 / (10 n_train), well below one image's share
     max_grad_norm: float = 1.0  # per-sample clipping norm C
     noise_multiplier: float = 0.0  # sigma; 0 with a target: calibrated so the budget is spent at train.steps
     accountant: str = "rdp"
@@ -201,7 +201,7 @@ class PrivacyConfig:
 
     def __post_init__(self):
         check(self.target_epsilon >= 0, "privacy.target_epsilon", f"must be >= 0 (0: no target), got {self.target_epsilon}")
-        check(0 <= self.delta < 1, "privacy.delta", f"must be in [0, 1) (0: 1/n_train), got {self.delta}")
+        check(0 <= self.delta < 1, "privacy.delta", f"must be in [0, 1) (0: 1/(10 n_train)), got {self.delta}")
         check(self.max_grad_norm > 0, "privacy.max_grad_norm", f"must be > 0, got {self.max_grad_norm}")
         check(self.noise_multiplier >= 0, "privacy.noise_multiplier", f"must be >= 0, got {self.noise_multiplier}")
         check(self.accountant in ACCOUNTANTS, "privacy.accountant",

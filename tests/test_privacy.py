@@ -100,8 +100,8 @@ def test_a_target_alone_calibrates_the_noise_to_spend_it_at_the_last_step():
     cfg = _cfg(steps=6, target_epsilon=4.0)
     s = train(_private(cfg), _batches(), cfg)
     rec = s.extra[KEY]
-    assert s.step == 6 and rec["stopped_at"] is None and rec["delta"] == 1 / N
-    eps = _accountant(RDPAccountant, rec["noise_multiplier"], 8 / N, 6).get_epsilon(delta=1 / N)
+    assert s.step == 6 and rec["stopped_at"] is None and rec["delta"] == 0.1 / N
+    eps = _accountant(RDPAccountant, rec["noise_multiplier"], 8 / N, 6).get_epsilon(delta=0.1 / N)
     assert eps <= 4.0 and eps == pytest.approx(rec["epsilon"], rel=1e-9) and eps > 3.5  # spent, not squandered
 
 
@@ -114,7 +114,7 @@ class Checkpoints(Callback):
 
 
 def test_a_tiny_budget_stops_training_when_spent_and_checkpoints_there(capsys):
-    q, delta = 8 / N, 1 / N
+    q, delta = 8 / N, 0.1 / N
     # the largest step count the budget allows, by the accountant used directly
     eps = [_accountant(RDPAccountant, 1.0, q, k).get_epsilon(delta=delta) for k in range(1, 13)]
     budget = (eps[3] + eps[4]) / 2  # 4 steps fit, 5 do not
