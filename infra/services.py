@@ -41,6 +41,7 @@ class Service:
     health: Callable[[], bool]
     endpoint: str
     timeout_s: float = 120.0
+    stop_grace_s: float = 20.0  # SIGTERM to SIGKILL in `down`
 
 
 def credentials(cfg: ServicesConfig) -> dict[str, str]:
@@ -172,7 +173,11 @@ def plan(cfg: ServicesConfig) -> list[Service]:
          "--dashboard-port", str(cfg.ray_dashboard_port), "--ray-client-server-port", str(cfg.ray_client_port),
          *common],
         ray_env, lambda: _ray_nodes_alive(cfg, 1), f"127.0.0.1:{cfg.ray_port} (dashboard "
-                                                   f"http://127.0.0.1:{cfg.ray_dashboard_port})"))
+                                                   f"http://127.0.0.1:{cfg.ray_dashboard_port})",
+        # measured: 24 s after SIGTERM `ray start --block`, its GCS and the autoscaler monitor were
+        # still running (the raylet went at 10 s), so every `down` waited out the whole grace. The
+        # head keeps nothing to flush (no GCS fault tolerance; runs checkpoint to storage themselves)
+        stop_grace_s=3.0))
     out.append(Service(
         "ray-worker", [str(BIN / "ray"), "start", "--address", f"127.0.0.1:{cfg.ray_port}", *common],
         ray_env, lambda: _ray_nodes_alive(cfg, 2), "joins the head"))
@@ -248,7 +253,7 @@ def up(cfg: ServicesConfig, echo: Callable[[str], None]) -> Path:
             echo(f"{svc.name:<11} healthy in {took:4.1f} s  {svc.endpoint}  (log {log})")
     except BaseException:
         for svc in reversed(started):
-            stop(_files(cfg, svc.name)[1])
+            stop(_files(cfg, svc.name)[1], grace_s=svc.stop_grace_s)
         raise
     return write_env_file(cfg)
 
@@ -266,7 +271,7 @@ def _forget_ray_cluster(cfg: ServicesConfig) -> None:
 
 def down(cfg: ServicesConfig, echo: Callable[[str], None]) -> None:
     for svc in reversed(plan(cfg)):
-        stopped = stop(_files(cfg, svc.name)[1])
+        stopped = stop(_files(cfg, svc.name)[1], grace_s=svc.stop_grace_s)
         echo(f"{svc.name:<11} {'stopped' if stopped else 'not running'}")
     _forget_ray_cluster(cfg)
     if not cfg.s3_endpoint:
