@@ -68,8 +68,6 @@ class PipelineConfig:
         private = tuple(name for name, f in ARCHS.items() if f.private)
         check(not cfg.privacy.enabled or ARCHS[cfg.model.arch].private, "privacy.enabled",
               f"DP-SGD supports model.arch in {private}, not {cfg.model.arch!r} (a family declares it: Family.private)")
-        check(not cfg.privacy.enabled or cfg.train.num_workers == 1, "train.num_workers",
-              f"must be 1 with privacy.enabled (DP-SGD runs on one worker here), got {cfg.train.num_workers}")
         return cfg
 
     def to_dict(self) -> dict[str, dict[str, Any]]:

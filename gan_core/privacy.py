@@ -12,6 +12,12 @@ same keys as without privacy): Opacus' GradSampleModule only adds hooks to D's l
 switched off while D is frozen (G's phase), so G's backward through D leaves no per-sample
 gradients behind and D's next update sees only its own.
 
+Under DDP (train.num_workers > 1) D is not wrapped in DistributedDataParallel: each rank clips its
+own per-sample gradients, rank 0 alone adds the noise (std sigma * max_grad_norm, as one process
+would for the global batch), and Opacus' DistributedDPOptimizer sums the ranks' gradients and
+divides by the global batch. The ranks then take the same step, so D stays one replica (the replica
+check at checkpoints verifies it) and the accountant's q is the global batch over n_train.
+
 What the accountant assumes: Poisson sampling at rate q = batch / n_train. The project's sampler
 draws fixed-size batches from a shuffled epoch (as most DP-SGD code does); the reported epsilon is
 the accountant's figure for Poisson sampling at that rate, not a proof for shuffled batches.
@@ -111,8 +117,6 @@ def make_private(state: "TrainState", cfg: "PipelineConfig", n_train: int) -> di
     from opacus import GradSampleModule
 
     p, t = cfg.privacy, cfg.train
-    if state.world > 1:
-        raise ConfigError("train.num_workers", f"must be 1 with privacy.enabled, got a world of {state.world}")
     if n_train < t.batch_size:
         raise ConfigError("train.batch_size", f"{t.batch_size} is more than the {n_train} training images")
     q, delta, d_steps = t.batch_size / n_train, delta_of(p, n_train), t.steps * t.n_critic
@@ -134,8 +138,14 @@ def make_private(state: "TrainState", cfg: "PipelineConfig", n_train: int) -> di
     # epsilon is refreshed at the steps the loop logs or checkpoints (and where training ends): the PRV
     # accountant takes ~0.1 s a call, too slow for every update; the history itself is always exact
     due = lambda step: step % t.log_every == 0 or step % t.checkpoint_every == 0 or step >= rec["stop_at"]  # noqa: E731
-    state.opt_d = _optimizer(state, rec, t.batch_size, t.steps, t.n_critic, due)
+    state.opt_d = _optimizer(state, rec, t.per_worker_batch, t.steps, t.n_critic, due)
     return rec
+
+
+def distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _trainable(m: nn.Module) -> bool:
@@ -143,9 +153,10 @@ def _trainable(m: nn.Module) -> bool:
 
 
 def _optimizer(state: "TrainState", rec: dict, batch: int, total_steps: int, per_step: int, due):
-    from opacus.optimizers import DPOptimizer
+    """`batch`: this rank's batch; under DDP the ranks' clipped sums are added (noise from rank 0 only)."""
+    from opacus.optimizers import DistributedDPOptimizer, DPOptimizer
 
-    class Guarded(DPOptimizer):
+    class Guarded(DistributedDPOptimizer if distributed() else DPOptimizer):
         def pre_step(self, closure=None):
             missing = [p for p in self.params if p.grad is not None and p.grad_sample is None]
             if missing:  # Opacus would step on the plain gradient: a silent, unaccounted leak

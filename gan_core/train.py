@@ -16,7 +16,7 @@ from gan_core.divergence import DivergedError, Divergence  # noqa: F401 (Diverge
 from gan_core.growth import Fixed, Growth
 from gan_core.losses import LOSSES
 from gan_core.models import family_for
-from gan_core.privacy import end_step
+from gan_core.privacy import KEY as PRIVACY_KEY, end_step
 from gan_core.state import Callback, TrainState
 from gan_core.steps import unwrap
 
@@ -72,7 +72,8 @@ def distribute(state: TrainState, world: int) -> TrainState:
         # which DDP must be told to expect (it then checks every backward for unused parameters)
         unused = state.family.grows(state.options)
         state.G = DDP(state.G, device_ids=ids, broadcast_buffers=False, find_unused_parameters=unused)
-        state.D = DDP(state.D, device_ids=ids, broadcast_buffers=False, find_unused_parameters=unused)
+        if PRIVACY_KEY not in state.extra:  # DP-SGD's optimizer reduces D's clipped, noised gradients itself
+            state.D = DDP(state.D, device_ids=ids, broadcast_buffers=False, find_unused_parameters=unused)
     state.world = world
     return state
 

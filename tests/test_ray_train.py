@@ -10,6 +10,7 @@ from flows.stages.prepare import prepare
 from flows.ops.settings import Settings, configure_environment
 from flows.stages.train import run_training
 from gan_core.checkpoint import load_checkpoint
+from gan_core.data import load_prepared, training_arrays
 
 pytestmark = pytest.mark.slow
 
@@ -83,6 +84,20 @@ def test_families_train_under_ddp_on_two_workers(setup, arch):
     ckpt = load_checkpoint(ref["checkpoint"])
     assert ckpt["step"] == 4 and ckpt["world"] == 2 and ckpt["images_seen"] == 4 * 2 * 16
     assert ckpt["n_classes"] == (10 if arch == "biggan" else 0)  # digits' classes reach a conditional family
+
+
+def test_dp_sgd_trains_under_ddp_on_two_workers(setup):
+    """Opacus' distributed optimizer inside Ray Train's process group: D outside DDP, its clipped sums
+    reduced by the optimizer; the accountant's rate is the global batch."""
+    s, _, data = setup
+    cfg = tiny_config(data={"resolution": 8}, model={"arch": "dcgan"},
+                      train={"steps": 4, "batch_size": 16, "num_workers": 2, "log_every": 2, "checkpoint_every": 4},
+                      privacy={"enabled": True, "noise_multiplier": 1.0})
+    ref = run_training(s, cfg, data["path"], "ddp-dp", None, {})
+    ckpt = load_checkpoint(ref["checkpoint"])
+    n_train = len(training_arrays(load_prepared(data["path"]))[0]["images"])
+    assert ckpt["step"] == 4 and ckpt["world"] == 2
+    assert ckpt["extra"]["privacy"]["history"] == [[1.0, 16 / n_train, 4]]
 
 
 @pytest.mark.parametrize("arch, family", [
