@@ -139,6 +139,8 @@ def train(state: TrainState, batches: Iterator, cfg: PipelineConfig,
             elapsed = time.perf_counter() - t0 - paused  # checkpoint time is not throughput
             metrics = mean_metrics(sums, counts)
             metrics["images_per_s"] = imgs / elapsed if elapsed > 0 else 0.0
+            if PRIVACY_KEY in state.extra:  # spent so far (refreshed at log steps): a curve in MLflow, not only a tag
+                metrics["epsilon"] = state.extra[PRIVACY_KEY]["epsilon"]
             for cb in callbacks:
                 cb.on_log(state, metrics)
             sums, counts, n, imgs, t0, paused = {}, {}, 0, 0, time.perf_counter(), 0.0

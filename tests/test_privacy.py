@@ -108,8 +108,13 @@ class Checkpoints(Callback):
     def __init__(self):
         self.steps = []
 
+        self.logged = {}
+
     def on_checkpoint(self, state):
         self.steps.append(state.step)
+
+    def on_log(self, state, metrics):
+        self.logged[state.step] = metrics["epsilon"]
 
 
 def test_a_tiny_budget_stops_training_when_spent_and_checkpoints_there(capsys):
@@ -124,6 +129,8 @@ def test_a_tiny_budget_stops_training_when_spent_and_checkpoints_there(capsys):
     assert s.step == 4 and rec["stopped_at"] == 4 and rec["steps"] == 4
     assert rec["epsilon"] == pytest.approx(eps[3], rel=1e-9) and rec["epsilon"] <= budget
     assert seen.steps[-1] == 4  # the stopping step is checkpointed
+    # epsilon spent so far is a training metric at every log step (log_every 2), as the accountant has it
+    assert seen.logged == pytest.approx({2: eps[1], 4: eps[3]}, rel=1e-9)
     assert "training stops there" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="privacy.target_epsilon"):  # not even one step fits
         _private(_cfg(steps=12, noise_multiplier=1.0, target_epsilon=eps[0] / 2))
