@@ -117,7 +117,7 @@ class Checkpoints(Callback):
         self.logged[state.step] = metrics["epsilon"]
 
 
-def test_a_tiny_budget_stops_training_when_spent_and_checkpoints_there(capsys):
+def test_a_tiny_budget_stops_training_when_spent_and_checkpoints_there(capsys, tmp_path):
     q, delta = 8 / N, 0.1 / N
     # the largest step count the budget allows, by the accountant used directly
     eps = [_accountant(RDPAccountant, 1.0, q, k).get_epsilon(delta=delta) for k in range(1, 13)]
@@ -132,6 +132,14 @@ def test_a_tiny_budget_stops_training_when_spent_and_checkpoints_there(capsys):
     # epsilon spent so far is a training metric at every log step (log_every 2), as the accountant has it
     assert seen.logged == pytest.approx({2: eps[1], 4: eps[3]}, rel=1e-9)
     assert "training stops there" in capsys.readouterr().out
+    # a re-triggered run resumes from that checkpoint and stops at once: no D update, no epsilon spent
+    save_checkpoint(tmp_path / "c.pt", to_checkpoint(s, cfg, [rng_state()]))
+    again = restore(build_state(cfg), load_checkpoint(tmp_path / "c.pt"), rank=0)
+    make_private(again, cfg, N)
+    d = {k: v.clone() for k, v in again.D.state_dict().items()}
+    train(again, _batches(again.step), cfg)
+    assert again.step == 4 and again.extra[KEY] == rec
+    assert all(torch.equal(v, again.D.state_dict()[k]) for k, v in d.items())
     with pytest.raises(ConfigError, match="privacy.target_epsilon"):  # not even one step fits
         _private(_cfg(steps=12, noise_multiplier=1.0, target_epsilon=eps[0] / 2))
 
