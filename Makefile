@@ -51,10 +51,10 @@ test: $(STAMP) $(S3STAMP) browser
 repro: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
-bench: $(STAMP)
-	$(BIN)/python benchmarks/family_throughput.py
-	$(BIN)/python benchmarks/train_throughput.py
-	$(BIN)/python benchmarks/fid_throughput.py
+# every benchmark in one run, one combined report (benchmarks/results/bench.md); ARGS=--quick: seconds, to check.
+# PYTHONPATH: this checkout's code, in `ganpipe run` and Ray's workers too, whichever checkout .venv was installed from
+bench: $(STAMP) $(S3STAMP)
+	PYTHONPATH="$(CURDIR)" $(BIN)/python benchmarks/all.py $(ARGS)
 
 clean-home:
 	rm -rf .ganpipe

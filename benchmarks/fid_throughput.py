@@ -2,11 +2,12 @@
 2048-d statistics (this project's symmetric eigendecomposition vs scipy.linalg.sqrtm).
 
 Inception runs with randomly initialised weights: speed depends on the architecture, not the values.
-    .venv/bin/python benchmarks/fid_throughput.py
+    .venv/bin/python benchmarks/fid_throughput.py [--n 2000] [--n-inception 100] [--dim 2048]
 writes benchmarks/results/fid_throughput.{json,md}
 """
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import sys
@@ -53,23 +54,31 @@ def sqrt_times(d: int = 2048, repeats: int = 3) -> dict:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=2000, help="images through the domain classifier")
+    ap.add_argument("--n-inception", type=int, default=100, help="images through Inception (299 px)")
+    ap.add_argument("--dim", type=int, default=2048, help="feature dimension of the matrix square root")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = ap.parse_args(argv)
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
-    small = torch.rand(2000, 1, 16, 16) * 2 - 1
+    small = torch.rand(args.n, 1, 16, 16) * 2 - 1
     clf = domain.DomainClassifier(1, 10).eval()
     inc = FIDInceptionV3().eval()
     rows = {
-        "domain-classifier (16x16)": images_per_s(lambda x, b: domain.extract(clf, x, b), small, 500),
-        "inception-v3-fid (resize to 299)": images_per_s(inc.extract, small[:100], 50, repeats=2),
+        "domain-classifier (16x16)": images_per_s(lambda x, b: domain.extract(clf, x, b), small, min(500, args.n)),
+        "inception-v3-fid (resize to 299)": images_per_s(inc.extract, small[:args.n_inception],
+                                                         min(50, args.n_inception), repeats=2),
     }
-    sq = sqrt_times()
+    sq = sqrt_times(args.dim)
     result = {"feature_images_per_s": rows, "sqrt_2048_seconds": sq, "threads": torch.get_num_threads(),
               "torch": torch.__version__}
     lines = [f"# FID cost ({torch.get_num_threads()} threads)", ""]
     lines += table(["feature extraction", "images/s"], [[k, f"{v:.1f}"] for k, v in rows.items()])
-    lines += [""] + table(["2048-d Fréchet distance", "seconds"], [[k, f"{v:.3f}"] for k, v in sq.items()])
-    write_report("fid_throughput", result, lines)
+    lines += [""] + table([f"{args.dim}-d Fréchet distance", "seconds"], [[k, f"{v:.3f}"] for k, v in sq.items()])
+    write_report("fid_throughput", result, lines, args.out)
+    return result
 
 
 if __name__ == "__main__":

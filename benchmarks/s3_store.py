@@ -1,7 +1,7 @@
 """The local S3 store of `ganpipe services` (s3rver on disk, infra/s3store/) beside moto_server (in memory):
 seconds from start to a created bucket, resident memory idle and after the run, and boto3 put/get
 throughput for small (64 KiB) and multipart-sized (8 MiB) objects. Medians over REPEATS fresh starts.
-    .venv/bin/python benchmarks/s3_store.py [REPEATS]
+    .venv/bin/python benchmarks/s3_store.py [REPEATS [SCALE]]   (SCALE: fraction of the object counts, default 1)
 writes benchmarks/results/s3_store.{json,md}
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def measure(argv: list[str], port: int) -> dict[str, float]:
+def measure(argv: list[str], port: int, scale: float = 1.0) -> dict[str, float]:
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
@@ -58,6 +58,7 @@ def measure(argv: list[str], port: int) -> dict[str, float]:
                 time.sleep(0.02)
         out = {"start_s": time.perf_counter() - t0, "rss_idle_mb": rss_mb(proc.pid)}
         for label, size, n in SIZES:
+            n = max(1, round(n * scale))
             body = os.urandom(size)
             t = time.perf_counter()
             for i in range(n):
@@ -74,7 +75,7 @@ def measure(argv: list[str], port: int) -> dict[str, float]:
         proc.wait(30)
 
 
-def main(repeats: int) -> dict:
+def main(repeats: int, scale: float = 1.0, out: Path | None = None) -> dict:
     stores = {
         "moto_server (memory)": lambda port, _: [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
         "s3rver (disk, ganpipe)": lambda port, data: ["node", "--openssl-legacy-provider",
@@ -87,15 +88,16 @@ def main(repeats: int) -> dict:
             data = tempfile.mkdtemp(prefix="s3bench-")
             try:
                 port = free_port()
-                runs[name].append(measure(argv(port, data), port))
+                runs[name].append(measure(argv(port, data), port, scale))
             finally:
                 shutil.rmtree(data, ignore_errors=True)
-    return {name: {k: round(statistics.median(r[k] for r in rs), 2) for k in rs[0]} for name, rs in runs.items()}
-
-
-if __name__ == "__main__":
-    result = main(int(sys.argv[1]) if len(sys.argv) > 1 else 3)
+    result = {name: {k: round(statistics.median(r[k] for r in rs), 2) for k in rs[0]} for name, rs in runs.items()}
     cols = list(next(iter(result.values())))
     md = ["# Local S3 store: s3rver (disk) vs moto_server (memory), medians", ""]
     md += table(["store"] + cols, [[name] + [v[c] for c in cols] for name, v in result.items()])
-    write_report("s3_store", result, md)
+    write_report("s3_store", result, md, out or ROOT / "benchmarks" / "results")
+    return result
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 3, float(sys.argv[2]) if len(sys.argv) > 2 else 1.0)

@@ -4,11 +4,13 @@ requests/s, p50/p99 latency, 5xx and other failures; then, at 2 replicas, one re
 (ray.kill) mid-load: failed requests and seconds until every request succeeds again.
 The model is an untrained DCGAN at 32x32x3 with the default widths (params.yaml's model section),
 registered in a throwaway GANPIPE_HOME: serving cost does not depend on training.
-    .venv/bin/python benchmarks/serve_load.py [SECONDS_PER_POINT]
+    .venv/bin/python benchmarks/serve_load.py [--seconds 10] [--replicas 1,2] [--sizes 1,4,16] [--no-kill]
+    .venv/bin/python benchmarks/serve_load.py --attach PORT --name MODEL [...]   (a running deployment: load only)
 writes benchmarks/results/serve_load.{json,md}
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -65,11 +67,11 @@ def ganpipe(env: dict, *args: str) -> subprocess.CompletedProcess:
     return r
 
 
-async def load(port: int, n: int, seconds: float, events: list | None = None) -> dict:
+async def load(port: int, n: int, seconds: float, events: list | None = None, name: str = NAME) -> dict:
     """CONCURRENCY workers posting back to back for `seconds`; `events` collects (t, status)."""
     import aiohttp
 
-    url = f"http://127.0.0.1:{port}/v1/models/{NAME}:generate"
+    url = f"http://127.0.0.1:{port}/v1/models/{name}:generate"
     latencies, statuses = [], {}
     t0 = time.perf_counter()
     timeout = aiohttp.ClientTimeout(total=60)
@@ -153,42 +155,70 @@ async def kill_under_load(port: int, state: dict, seconds: float) -> dict:
     return result
 
 
-def main(seconds: float) -> None:
+def attached(port: int, name: str, sizes: list[int], seconds: float, out: Path) -> dict:
+    """Load an already running deployment (whatever its replicas): one row per request size."""
+    points = [asyncio.run(load(port, n, seconds, name=name)) for n in sizes]
+    result = {"concurrency": CONCURRENCY, "seconds_per_point": seconds, "model": name, "attached_port": port,
+              "points": points, "kill": None}
+    lines = [f"# Serving load on a running deployment: {CONCURRENCY} requests in flight, {seconds:.0f} s per point", ""]
+    lines += table(["n per request", "requests/s", "images/s", "p50 ms", "p99 ms", "5xx", "other failures"],
+                   [[p["n"], f"{p['rps']:.1f}", f"{p['images_per_s']:.0f}", f"{p['p50_ms']:.0f}", f"{p['p99_ms']:.0f}",
+                     p["5xx"], p["other_failures"]] for p in points])
+    write_report("serve_load", result, lines, out)
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=10.0, help="load per point")
+    ap.add_argument("--replicas", default=",".join(map(str, REPLICAS)))
+    ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="images per request")
+    ap.add_argument("--no-kill", action="store_true", help="skip killing a replica under load (needs 2 replicas)")
+    ap.add_argument("--attach", type=int, help="port of a running `ganpipe deploy`: load it, deploy nothing")
+    ap.add_argument("--name", default=NAME, help="with --attach: the served model to request")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = ap.parse_args(argv)
+    seconds, sizes = args.seconds, [int(n) for n in args.sizes.split(",")]
+    if args.attach:
+        return attached(args.attach, args.name, sizes, seconds, args.out)
     rows, result = [], {"concurrency": CONCURRENCY, "seconds_per_point": seconds, "cpus_per_replica": CPUS,
                         "model": "dcgan 32x32x3 (default widths, untrained)", "points": [], "kill": None}
     with tempfile.TemporaryDirectory(prefix="ganpipe-serve-bench-") as tmp:
         env = setup(Path(tmp))
-        for replicas in REPLICAS:
+        for replicas in (int(r) for r in args.replicas.split(",")):
             port = free_port()
             t = time.perf_counter()
             ganpipe(env, "deploy", "up", "--name", NAME, "--port", str(port), "--replicas", str(replicas),
                     "--cpus", str(CPUS))
             up_s = time.perf_counter() - t
             try:
-                asyncio.run(load(port, 1, 2.0))  # warm the connection path
-                for n in SIZES:
+                asyncio.run(load(port, 1, min(2.0, seconds)))  # warm the connection path
+                for n in sizes:
                     p = {"replicas": replicas, "up_s": up_s, **asyncio.run(load(port, n, seconds))}
                     result["points"].append(p)
                     rows.append([replicas, n, f"{p['rps']:.1f}", f"{p['images_per_s']:.0f}", f"{p['p50_ms']:.0f}",
                                  f"{p['p99_ms']:.0f}", p["5xx"], p["other_failures"]])
                     print(rows[-1], flush=True)
-                if replicas == 2:
+                if replicas == 2 and not args.no_kill:
                     state = json.loads((Path(env["GANPIPE_HOME"]) / "serve" / "state.json").read_text())
                     result["kill"] = asyncio.run(kill_under_load(port, state, max(seconds, 40.0)))
             finally:
                 ganpipe(env, "deploy", "down")
     k = result["kill"]
-    replaced = "more than the run" if k["replaced_after_s"] is None else f"{k['replaced_after_s']:.1f} s"
     head = ["replicas", "n per request", "requests/s", "images/s", "p50 ms", "p99 ms", "5xx", "other failures"]
     lines = [f"# Serving load: {CONCURRENCY} requests in flight, {seconds:.0f} s per point, {CPUS} CPU per replica",
-             "", f"Model: {result['model']}; deploy up took {result['points'][0]['up_s']:.0f} s (1 replica) and "
-             f"{result['points'][-1]['up_s']:.0f} s (2 replicas).", "",
-             *table(head, rows), "",
-             f"Replica killed mid-load (2 replicas, n=4, {k['requests']} requests over {max(seconds, 40.0):.0f} s, "
-             f"kill at {k['killed_at_s']:.1f} s, {k['requests_after_kill']} requests after it): {k['failed']} failed "
-             f"({k['statuses']}); Serve had 2 running replicas again after {replaced}; p99 {k['p99_ms']:.0f} ms."]
-    write_report("serve_load", result, lines)
+             "", f"Model: {result['model']}; deploy up took "
+             + " and ".join(sorted({f"{p['up_s']:.0f} s ({p['replicas']} replicas)" for p in result["points"]})) + ".",
+             "",
+             *table(head, rows)]
+    if k:
+        replaced = "more than the run" if k["replaced_after_s"] is None else f"{k['replaced_after_s']:.1f} s"
+        lines += ["", f"Replica killed mid-load (2 replicas, n=4, {k['requests']} requests over "
+                  f"{max(seconds, 40.0):.0f} s, kill at {k['killed_at_s']:.1f} s, {k['requests_after_kill']} requests after it): {k['failed']} failed "
+                  f"({k['statuses']}); Serve had 2 running replicas again after {replaced}; p99 {k['p99_ms']:.0f} ms."]
+    write_report("serve_load", result, lines, args.out)
+    return result
 
 
 if __name__ == "__main__":
-    main(float(sys.argv[1]) if len(sys.argv) > 1 else 10.0)
+    main()

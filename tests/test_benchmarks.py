@@ -1,8 +1,10 @@
-"""The family throughput benchmark runs (a benchmark nothing runs rots): a few steps of two families,
-and the report has the numbers `make bench` promises."""
+"""The benchmarks run (a benchmark nothing runs rots): each script at tiny sizes, and `make bench` (benchmarks/all.py)
+runs them all into one report with the numbers it promises."""
 import json
 import sys
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -18,3 +20,54 @@ def test_family_throughput_reports_images_per_second_and_share_of_peak(tmp_path)
         assert row["images_per_s"] > 0 and row["flops_per_image"] > 0 and 0 < row["fraction_of_peak"] < 1.5
     assert rows["dcgan"]["speed_vs_dcgan"] == 1.0
     assert "| stylegan-v2 |" in (tmp_path / "family_throughput.md").read_text()
+
+
+SCRIPTS = {p.stem for p in (Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py")} - {"__init__", "report"}
+# where each script runs with tiny sizes: all.py --quick below, or a fixture that already has what it needs
+RUN_ELSEWHERE = {"orchestration": "tests/test_pipeline_e2e.py (reads the e2e run's recorded timings)",
+                 "serve_load": "tests/test_serving.py (loads the module's running deployment)",
+                 "all": "test_every_benchmark_runs_with_tiny_sizes_into_one_report",
+                 "scaling_model": "test_the_scaling_model_computes_a_table_per_family"}
+
+
+def test_the_scaling_model_computes_a_table_per_family(tmp_path):
+    """benchmarks/scaling_model.py on the family benchmark's result (FLOPs) and parameter counts it takes itself."""
+    from benchmarks.family_throughput import main as families
+    from benchmarks.scaling_model import GPUS, main
+
+    families(["--steps", "2", "--batch", "8", "--resolution", "8", "--archs", "dcgan", "--flop-steps", "1",
+              "--out", str(tmp_path)])
+    out = main(["--families", str(tmp_path / "family_throughput.json"), "--out", str(tmp_path)])
+    rows = out["families"]["dcgan"]["rows"]
+    assert [r["gpus"] for r in rows] == list(GPUS) and rows[0]["efficiency_no_overlap"] == 1.0
+    assert all(a["efficiency_no_overlap"] >= b["efficiency_no_overlap"] for a, b in zip(rows, rows[1:]))
+    assert out["families"]["dcgan"]["params_g"] > 0 and "| 64 |" in (tmp_path / "scaling_model.md").read_text()
+
+
+def test_every_benchmark_script_is_run_by_a_test_and_make_bench_runs_them_all():
+    from benchmarks import all as bench
+
+    runs = {m.__name__.rsplit(".", 1)[1] for m in (bench.family_throughput, bench.fid_throughput, bench.s3_store,
+                                                   bench.train_throughput, bench.orchestration)}
+    assert SCRIPTS <= runs | set(RUN_ELSEWHERE), f"no test runs {sorted(SCRIPTS - runs - set(RUN_ELSEWHERE))}"
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    target = makefile.split("\nbench:", 1)[1].split("\n\n", 1)[0]
+    assert "benchmarks/all.py" in target, target
+
+
+@pytest.mark.slow
+def test_every_benchmark_runs_with_tiny_sizes_into_one_report(tmp_path):
+    """Ray Train (1 worker), the S3 stores, Inception and the families at tiny sizes: that they run and
+    write their results, not what the numbers are (the orchestration part: test_pipeline_e2e.py)."""
+    from benchmarks.all import main
+
+    out = main(["--quick", "--skip", "orchestration", "--out", str(tmp_path)])
+    assert set(out["results"]) == {"family", "train", "fid", "s3"}
+    for name in ("family_throughput", "train_throughput", "fid_throughput", "s3_store", "bench"):
+        assert json.loads((tmp_path / f"{name}.json").read_text()) and (tmp_path / f"{name}.md").read_text()
+    report = (tmp_path / "bench.md").read_text()
+    for heading in ("## Training loop: plain PyTorch vs Ray Train", "## Families", "## FID feature extraction",
+                    "## Local S3 store", "| ray_1w |", "| dcgan |", "| inception-v3-fid"):
+        assert heading in report, report
+    rows = out["results"]["train"]["rows"]
+    assert rows["plain"]["images_per_s"] > 0 and rows["ray_1w"]["images_per_s"] > 0

@@ -75,6 +75,18 @@ def served(tmp_path_factory):
         os.kill(state["pid"], 0)
 
 
+def test_serve_load_benchmark_runs_against_the_deployment(served, tmp_path):
+    """benchmarks/serve_load.py at tiny sizes on this module's deployment (its own `deploy up` costs a minute)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.serve_load import main
+
+    out = main(["--attach", str(served[0]), "--name", NOISE, "--seconds", "1", "--sizes", "1",
+                "--out", str(tmp_path)])
+    assert out["points"][0]["ok"] > 0 and "| 1 |" in (tmp_path / "serve_load.md").read_text()
+
+
 def test_status_names_versions_fingerprints_and_replicas(served):
     port, s, ws = served
     r = ganpipe(ws, "deploy", "status", "--json", timeout=120, GANPIPE_WORKSPACE=str(ws))

@@ -8,9 +8,11 @@ it would train from changed since the champion.
 """
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from typing import Annotated, Literal, Optional
 
+from mlflow.entities import Metric
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NONE
@@ -24,6 +26,7 @@ from flows.ops.console import stage_hooks
 from flows.ops.locks import file_lock
 from flows.ops.params import Setting, load_config, typed_settings
 from flows.stages.prepare import prepare
+from flows.stages.records import reset_timings, timed, timings
 from flows.stages.register import register
 from flows.ops.settings import Settings, load_settings
 from flows.stages.summary import mlflow_links, run_summary, skip_summary
@@ -63,9 +66,11 @@ def prepare_task(cfg: PipelineConfig) -> dict:
         log.info("prepare: inputs unchanged since dvc.lock; skipped (dataset %s)", m["content_sha256"][:12])
         return {"path": str(s.prepared_dir(cfg.data.name)), "content_sha256": m["content_sha256"],
                 "count": m["count"], "skipped": True}
-    ref = prepare(s, cfg)
-    versioning.commit(s, "prepare")
-    versioning.push(s, "prepare")
+    with timed("prepare"):
+        ref = prepare(s, cfg)
+    with timed("dvc"):
+        versioning.commit(s, "prepare")
+        versioning.push(s, "prepare")
     log.info("prepare: %d images, content %s", ref["count"], ref["content_sha256"][:12])
     return {**ref, "skipped": False}
 
@@ -74,8 +79,9 @@ def prepare_task(cfg: PipelineConfig) -> dict:
 def train_task(cfg: PipelineConfig, lineage: dict) -> dict:
     s = load_settings()
     ref = train_stage(s, cfg, lineage)  # the Ray boundary: each worker gets cfg.to_dict() and parses it once
-    versioning.commit(s, "train")
-    versioning.push(s, "train")  # the checkpoint reaches the remote before anything can fail later
+    with timed("dvc"):
+        versioning.commit(s, "train")
+        versioning.push(s, "train")  # the checkpoint reaches the remote before anything can fail later
     get_run_logger().info("train: %s finished at step %d", ref["run_name"], ref["step"])
     return ref
 
@@ -85,8 +91,10 @@ def train_task(cfg: PipelineConfig, lineage: dict) -> dict:
 def evaluate_task(cfg: PipelineConfig) -> dict:
     s = load_settings()
     eval_fault(s.home / "faults" / f"evaluate-{flow_run.id}.count")  # a no-op unless GANPIPE_FAULT_EVAL is set
-    ev = evaluate(s, cfg)
-    versioning.commit(s, "evaluate")
+    with timed("evaluation"):
+        ev = evaluate(s, cfg)
+    with timed("dvc"):
+        versioning.commit(s, "evaluate")
     get_run_logger().info("evaluate: %s = %.4f (fingerprint %s)", ev["metric"], ev["value"], ev["fingerprint"]["id"])
     return ev
 
@@ -94,9 +102,11 @@ def evaluate_task(cfg: PipelineConfig) -> dict:
 @task(name="register", cache_policy=NONE, **stage_hooks("register"))
 def register_task(cfg: PipelineConfig, lineage: dict) -> dict:
     s = load_settings()
-    reg = register(s, cfg, lineage)
-    versioning.commit(s, "register")
-    versioning.push(s)  # whatever is still local: evaluate's sample grid
+    with timed("register_mlflow"):
+        reg = register(s, cfg, lineage)
+    with timed("dvc"):
+        versioning.commit(s, "register")
+        versioning.push(s)  # whatever is still local: evaluate's sample grid
     get_run_logger().info("register: %s v%s, champion=%s (%s)", reg["model_name"], reg["version"],
                           reg["champion"], reg["reason"])
     return reg
@@ -143,6 +153,17 @@ def params_kept(s: Settings):
 
 
 def _run(values: list[Setting], overrides: list[str], skip_unchanged: bool) -> dict:
+    reset_timings()
+    with timed("flow_body"):
+        out = _run_timed(values, overrides, skip_unchanged)
+    if not out["skipped"]:  # the orchestration breakdown, beside the run's training metrics
+        spent = timings()
+        client(load_settings().mlflow_uri).log_batch(out["training"]["mlflow_run_id"], metrics=[
+            Metric(f"timing/{k}_s", v, int(time.time() * 1000), 0) for k, v in sorted(spent.items())])
+    return {**out, "timings": timings()}
+
+
+def _run_timed(values: list[Setting], overrides: list[str], skip_unchanged: bool) -> dict:
     s = load_settings()
     # bad values fail now, not after waiting for the lock; parsed once: the load under the lock (and this
     # one, after the CLI's check) returns the same config unless params.yaml changed in between
@@ -153,7 +174,8 @@ def _run(values: list[Setting], overrides: list[str], skip_unchanged: bool) -> d
     with file_lock(s.workspace / ".ganpipe-run.lock", holder=f"flow run {run_id}",
                    on_wait=lambda who: log.info("waiting for the workspace: held by %s", who)), params_kept(s):
         cfg = load_config(s.params_file, overrides, values=values)
-        versioning.ensure_repo(s)
+        with timed("dvc"):
+            versioning.ensure_repo(s)
         lineage = {"prefect.flow_run_id": run_id}
         # in-process tasks take the frozen config itself: with cache_policy=NONE Prefect neither hashes
         # nor serialises task parameters, and it hands an unchanged dataclass over as the same object
@@ -176,7 +198,7 @@ def _run(values: list[Setting], overrides: list[str], skip_unchanged: bool) -> d
                          registration["version"])
     _publish(run_summary(cfg.to_dict(), training, evaluation, registration, links,
                          history.read_quietly(mlflow_run, registration["model_name"]),
-                         served=served_version(mlflow_run, registration["model_name"])),
+                         served=served_version(mlflow_run, registration["model_name"]), timings=timings()),
              f"{registration['model_name']} v{registration['version']}: {registration['metric']} "
              f"{registration['value']:.4f}")
     return {"prepared": prepared, "training": training, "evaluation": evaluation, "registration": registration,

@@ -45,8 +45,16 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def timings_table(spent: dict[str, float] | None) -> str:
+    """Seconds per part of the run so far (flows.stages.records.timed), largest first."""
+    if not spent:
+        return ""
+    rows = "\n".join(f"| {k} | {v:.1f} |" for k, v in sorted(spent.items(), key=lambda kv: -kv[1]))
+    return f"\n## Where the time went\n\n| part | seconds |\n|---|---|\n{rows}\n"
+
+
 def run_summary(cfg: dict, training: dict, evaluation: dict, registration: dict, links: dict[str, str],
-                history: list | None = None, served: str | None = None) -> str:
+                history: list | None = None, served: str | None = None, timings: dict | None = None) -> str:
     metrics = evaluation.get("metrics", {})
     rows = "\n".join(f"| {k} | {_num(v)} |" for k, v in sorted(metrics.items()))
     verdict = "**promoted to champion**" if registration["champion"] else "not promoted"
@@ -74,7 +82,7 @@ fingerprint `{fp['id']}` ({fp.get('backbone', '?')}, n_fake={fp.get('n_fake', '?
 | Ray run | `{training['run_name']}` |
 
 [MLflow run]({links['run']}) · [model version]({links['model']})
-{served_line}{history_table(history or [])}"""
+{served_line}{history_table(history or [])}{timings_table(timings)}"""
 
 
 def skip_summary(model: str, reason: str) -> str:

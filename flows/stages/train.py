@@ -20,10 +20,11 @@ from flows.ops.faults import seam
 from flows.ops.progress import BoardReader, create_board
 from flows.ops import console
 from flows.ops.console import Progress
-from flows.stages.records import write_record
+from flows.stages.records import timed, write_record
 from flows.stages.resume import CKPT_NAME
 from flows.ops.settings import Settings, without_password
 from flows.stages.verdict import divergence_verdict
+from gan_core import determinism
 from gan_core.checkpoint import load_checkpoint
 from gan_core.config import PipelineConfig
 from gan_core.data import load_manifest
@@ -100,12 +101,13 @@ def run_training(settings: Settings, cfg: PipelineConfig, data_dir: str, run_nam
     started = False
     if not ray.is_initialized():
         env_vars = {k: os.environ[k] for k in ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",) if k in os.environ}
-        if settings.ray_address:
-            ray.init(address=settings.ray_address, runtime_env={"env_vars": env_vars})
-        else:
-            # address="local": always a fresh instance, never whatever cluster /tmp/ray last recorded
-            ray.init(address="local", num_cpus=os.cpu_count(), runtime_env={"env_vars": env_vars},
-                     logging_level="WARNING")
+        with timed("ray_start"):
+            if settings.ray_address:
+                ray.init(address=settings.ray_address, runtime_env={"env_vars": env_vars})
+            else:
+                # address="local": always a fresh instance, never whatever cluster /tmp/ray last recorded
+                ray.init(address="local", num_cpus=os.cpu_count(), runtime_env={"env_vars": env_vars},
+                         logging_level="WARNING")
         started = True
     board = None
     try:
@@ -131,7 +133,7 @@ def run_training(settings: Settings, cfg: PipelineConfig, data_dir: str, run_nam
         verdict = divergence_verdict(storage_path, storage_fs, run_name)
         verdict.delete()  # a re-triggered run is judged on its own steps
         try:
-            with progress_shown(board):
+            with progress_shown(board), timed("ray_train_fit"):
                 result = trainer.fit()
         except Exception as e:
             raise TrainingError(failure_message(e, run_name, settings.ray_address, settings.ray_storage)) from e
@@ -145,7 +147,8 @@ def run_training(settings: Settings, cfg: PipelineConfig, data_dir: str, run_nam
             return publish_candidate(settings, ckpt_file, ckpt, run_name, mlflow_run_id, result.path)
     finally:
         if started:
-            ray.shutdown()
+            with timed("ray_stop"):
+                ray.shutdown()
 
 
 @contextmanager
@@ -271,13 +274,15 @@ def train_stage(settings: Settings, cfg: PipelineConfig, lineage: dict) -> dict:
     meta = {"dataset_name": cfg.data.dataset, "dataset_version": str(manifest.get("version", "unversioned")),
             "dataset_sha256": manifest["content_sha256"],
             "params_sha256": cfg.params_hash(), "git_commit": versioning.git_commit(settings),
-            "prefect_flow_run_id": lineage.get("prefect.flow_run_id", "none")}
+            "prefect_flow_run_id": lineage.get("prefect.flow_run_id", "none"),
+            "determinism": determinism.statement(cfg.train.deterministic, cfg.train.use_gpu)}
     run_name = run_name_for(settings, cfg, manifest)
     c = client(settings.mlflow_uri)
     exp = experiment_id(c, f"{cfg.register.model_prefix}-{cfg.data.dataset}", settings.mlflow_artifact_root)
     tags = {"ray.run_name": run_name, "dataset.name": cfg.data.name, "model.arch": cfg.model.arch,
             **{f"lineage.{k}": str(v) for k, v in meta.items()}}
-    run_id = open_mlflow_run(c, exp, run_name, cfg, tags)
+    with timed("mlflow_run"):
+        run_id = open_mlflow_run(c, exp, run_name, cfg, tags)
     try:
         if cfg.federated.enabled:  # clients as Ray actors, each with its own shard (flows/stages/federated.py)
             from flows.stages.federated import run_federated

@@ -105,5 +105,7 @@ def weights_sha256(model: nn.Module) -> str:
 def extract(model: DomainClassifier, images: torch.Tensor, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray]:
     """One pass: (N, C, R, R) float in [-1, 1] -> (N, 128) features and (N, classes) logits, float64.
     Every metric reads these arrays, so no metric runs the backbone again."""
-    feats = torch.cat([model.features(images[i:i + batch_size].float()) for i in range(0, len(images), batch_size)])
-    return feats.double().numpy(), model.head(feats).double().numpy()
+    device = next(model.parameters()).device  # batches go to the model's device, results come back
+    feats = torch.cat([model.features(images[i:i + batch_size].to(device).float())
+                       for i in range(0, len(images), batch_size)])
+    return feats.double().cpu().numpy(), model.head(feats).double().cpu().numpy()

@@ -95,6 +95,22 @@ def load_reference(folder: Path, dataset_sha256: str) -> ReferenceStats:
     return ref
 
 
+def eval_device(use_gpu: bool) -> torch.device:
+    """Where evaluation runs: the training device when training asked for a GPU and this process has one
+    (the current CUDA device), else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if use_gpu and torch.cuda.is_available() \
+        else torch.device("cpu")
+
+
+def quantised(images: torch.Tensor) -> torch.Tensor:
+    """Generated images as the backbone must see them: rounded to 8 bits and back, exactly as saving them
+    to PNG and reading them again would (gan_core.data.to_uint8 / to_float), the way pytorch-fid scores
+    generated images. Real images are 8-bit already, so both sides of the FID see the same grid of values."""
+    from gan_core.data import to_float, to_uint8
+
+    return to_float(to_uint8(images))
+
+
 def latent_of(G: nn.Module) -> LatentSpec:
     spec = getattr(G, "latent", None)
     if not isinstance(spec, LatentSpec):
