@@ -29,6 +29,8 @@ __all__ = ["DATASET_RE", "FAMILY", "MINIBATCH", "NAME_RE", "OPTIMIZERS", "SECTIO
 FAMILY = "family"  # params.yaml section holding each family's own settings, by family name
 # sections left out of to_dict while at their defaults, so the params hash of older configs is unchanged
 OPTIONAL_SECTIONS = ("federated", "privacy")
+# fields left out of to_dict while at their defaults, for the same reason (model.ssl: gan_core/ssl.py)
+OPTIONAL_FIELDS = {"model": ("ssl", "ssl_weight_d", "ssl_weight_g"), "train": ("deterministic",)}
 
 
 @dataclass(frozen=True)
@@ -68,11 +70,23 @@ class PipelineConfig:
         private = tuple(name for name, f in ARCHS.items() if f.private)
         check(not cfg.privacy.enabled or ARCHS[cfg.model.arch].private, "privacy.enabled",
               f"DP-SGD supports model.arch in {private}, not {cfg.model.arch!r} (a family declares it: Family.private)")
+        ssl = tuple(name for name, f in ARCHS.items() if f.ssl)
+        check(cfg.model.ssl == "none" or ARCHS[cfg.model.arch].ssl, "model.ssl",
+              f"{cfg.model.ssl} needs a noise family whose D shares its features through gan_core.layers.DHead "
+              f"(Family.ssl): model.arch in {ssl}, not {cfg.model.arch!r}")
+        check(cfg.model.ssl == "none" or not cfg.privacy.enabled, "model.ssl",
+              "must be none with privacy.enabled: the rotation loss is a second forward of D on the private "
+              "images, which DP-SGD's per-sample accounting here does not cover")
         return cfg
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         out = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS
                if name not in OPTIONAL_SECTIONS or getattr(self, name) != SECTIONS[name]()}
+        for name, keys in OPTIONAL_FIELDS.items():
+            default = SECTIONS[name]()
+            for key in keys:
+                if out[name][key] == getattr(default, key):
+                    del out[name][key]
         if self.family is not None:  # absent otherwise, so the params hash of older configs is unchanged
             out[FAMILY] = {self.model.arch: dataclasses.asdict(self.family)}
         return out

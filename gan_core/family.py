@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from gan_core.sections import DataConfig, ModelConfig, TrainConfig
     from gan_core.state import TrainState
 
-DATASET_KINDS = ("unconditional", "labelled", "paired", "unpaired", "superres")
+DATASET_KINDS = ("unconditional", "labelled", "paired", "unpaired", "superres", "captioned")
 IMAGE_KINDS = ("paired", "unpaired", "superres")  # the generator reads an image, not noise
 # (model, data, n_classes, options): n_classes is the dataset's class count (conditional families),
 # options the family's Options instance (None for families without settings of their own)
@@ -70,6 +70,11 @@ class Family:
     heldout: Heldout | None = None
     score: Score | None = None
     directions: tuple[str, ...] = ()  # names of the translation directions (a2b, b2a), if several
+    # families that also map images to codes (aae): G (or G_ema) -> its images-to-codes module, exported
+    # beside the generator and run by `ganpipe encode`; and the evaluation's scores that need it
+    # (G, held-out images in [-1, 1], their labels or None, options, seed) -> metrics without the count
+    encode: Callable[[nn.Module], nn.Module] | None = None
+    score_codes: Callable[[nn.Module, torch.Tensor, "torch.Tensor | None", Any, int], dict[str, float]] | None = None
     # keys of the checkpoint's `extra` a registered version is tagged with (`family.<key>`): what the
     # family resolved while training that a reader of the model needs (SRGAN's content-loss backbone)
     lineage: tuple[str, ...] = ()
@@ -89,6 +94,12 @@ class Family:
     # (a double backward Opacus' per-sample hooks cannot take: wgan_gp, progan, stylegan's R1), no
     # spectral-norm parametrisation (biggan), and one image per sample (not pix2pix's pairs)
     private: bool = False
+    # what G reads besides z: "latent" (z, and labels for conditional families), or "text": token ids
+    # (B, L) int64 of the dataset version's vocabulary, then z (StackGAN); evaluated on held-out captions
+    conditioning: str = "latent"
+    # model.ssl (gan_core/ssl.py) can train its D: a noise family whose D ends in gan_core.layers.DHead,
+    # whose input (D's features) the rotation head reads, and whose step is gan_core.steps.noise_step
+    ssl: bool = False
 
     def grows(self, options: Any) -> bool:
         return bool(self.dynamic_graph(options) if callable(self.dynamic_graph) else self.dynamic_graph)

@@ -100,3 +100,9 @@ def info_loss(cat_logits: Tensor, cont_mean: Tensor, cat: Tensor | None, cont: T
     if cont is not None:
         loss = loss + 0.5 * (cont_mean - cont).pow(2).sum(1).mean()
     return loss
+
+
+def rotation_loss(logits: Tensor, turns: Tensor) -> Tensor:
+    """Self-supervised GAN's auxiliary loss (Chen et al. 2019, eq. 2): cross-entropy of D's rotation
+    head against the quarter turns (0-3) the images were given."""
+    return F.cross_entropy(logits, turns)

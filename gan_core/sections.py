@@ -7,6 +7,7 @@ the sections and the families' defaults and settings.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 DATASET_RE = re.compile(r"^(?P<name>[a-z0-9][a-z0-9_-]{0,63})(@(?P<version>v[0-9]+|latest))?$")
 MINIBATCH = ("none", "mbd", "stddev")  # mini-batch layer in D: none, Salimans 2016, ProGAN stddev
 OPTIMIZERS = ("adam", "rmsprop")
+SSL = ("none", "rotation")  # self-supervised pretext tasks for D (gan_core/ssl.py)
 
 
 class ConfigError(ValueError):
@@ -68,11 +70,20 @@ class ModelConfig:
     g_channels: int = 64  # generator width at the output resolution; doubles per halving
     d_channels: int = 64  # discriminator width at the input resolution; doubles per halving
     minibatch: str = "none"  # none | mbd (mini-batch discrimination) | stddev (mini-batch stddev); any D
+    # self-supervised D (gan_core/ssl.py): none | rotation (Chen et al. 2019), with the paper's weights of the
+    # rotation loss on real images for D (beta) and on fakes for G (alpha); left out of the params hash at defaults
+    ssl: str = "none"
+    ssl_weight_d: float = 1.0
+    ssl_weight_g: float = 0.2
 
     def __post_init__(self):
         for name in ("z_dim", "g_channels", "d_channels"):
             check(getattr(self, name) > 0, f"model.{name}", f"must be > 0, got {getattr(self, name)}")
         check(self.minibatch in MINIBATCH, "model.minibatch", f"must be one of {MINIBATCH}, got {self.minibatch!r}")
+        check(self.ssl in SSL, "model.ssl", f"must be one of {SSL}, got {self.ssl!r}")
+        for name in ("ssl_weight_d", "ssl_weight_g"):
+            v = getattr(self, name)
+            check(math.isfinite(v) and v >= 0, f"model.{name}", f"must be a finite number >= 0, got {v!r}")
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,7 @@ class TrainConfig:
     max_failures: int = 1  # Ray Train worker-group restarts from the last checkpoint
     bf16: bool = False  # bf16 autocast (GPU)
     channels_last: bool = False  # NHWC memory format (GPU convs)
+    deterministic: bool = False  # GPU: deterministic algorithms + cuBLAS/cuDNN settings (gan_core/determinism.py)
 
     def __post_init__(self):
         check(self.steps > 0, "train.steps", f"must be > 0, got {self.steps}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from gan_core import ssl
 from gan_core.data import to_float
 from gan_core.losses import gradient_penalty, info_loss, orthogonal_penalty
 from gan_core.phases import Ctx, Phase, Step, Term, set_requires_grad, unwrap
@@ -100,8 +101,9 @@ def _option(name: str):
 
 def noise_step(d_terms: tuple[Term, ...] = (), g_terms: tuple[Term, ...] = (), after=None) -> Step:
     """n_critic D phases (one per batch, each with its own fake) and one G phase on the last fake."""
-    return Step((Phase("D", d_loss, per_batch=True, after=after, report=wasserstein, terms=d_terms),
-                 Phase("G", g_loss, terms=g_terms)))
+    # every noise step carries the rotation terms of model.ssl (gan_core/ssl.py): weight 0, so skipped, without
+    return Step((Phase("D", d_loss, per_batch=True, after=after, report=wasserstein, terms=(*d_terms, ssl.D_TERM)),
+                 Phase("G", g_loss, terms=(*g_terms, ssl.G_TERM))))
 
 
 adversarial_step = noise_step()  # vanilla, dcgan, cgan

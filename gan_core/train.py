@@ -32,6 +32,9 @@ def build_state(cfg: PipelineConfig, device: torch.device | str = "cpu", n_class
     device = torch.device(device)
     G = family.build_g(cfg.model, cfg.data, n_classes, cfg.family).to(device)
     D = family.build_d(cfg.model, cfg.data, n_classes, cfg.family).to(device)
+    if cfg.model.ssl == "rotation":  # the head is part of D: optimised, all-reduced and checkpointed with it
+        from gan_core.ssl import attach
+        attach(D, cfg.data.channels, cfg.data.resolution, n_classes, cfg.model.ssl_weight_d, cfg.model.ssl_weight_g)
     if cfg.privacy.enabled:  # group norm for batch norm: DP-SGD needs per-sample gradients (privacy.make_private)
         from gan_core.privacy import private_d
         D = private_d(D, cfg)

@@ -91,6 +91,9 @@ def device_batches(kind: str, n: int = 8, res: int = 8, seed: int = 0):
              "labels": torch.arange(n) % 3}
         if kind in ("paired", "unpaired", "superres"):
             b["images_b"] = torch.randint(0, 256, (n, 1, res, res), generator=g, dtype=torch.uint8)
+        if kind == "captioned":  # two captions of 6 ids per image, the second padded after 3
+            b["captions"] = torch.randint(2, 20, (n, 2, 6), generator=g) * (torch.arange(6) < torch.tensor([[6], [3]]))
+            b["caption_counts"] = torch.full((n,), 2)
         out.append(b)
     return itertools.cycle(out)
 
@@ -98,8 +101,9 @@ def device_batches(kind: str, n: int = 8, res: int = 8, seed: int = 0):
 def config(arch: str):
     # both of StyleGAN's lazy terms (at step 2) and both of SRGAN's phases (warm-up, then GAN)
     family = {"stylegan": {"mapping_layers": 2, "r1_every": 2, "pl_weight": 2.0, "pl_every": 2},
-              "srgan": {"warmup_steps": 1, "scale": 2}}
-    return tiny_config(model={"arch": arch}, family=family,
+              "srgan": {"warmup_steps": 1, "scale": 2}, "stackgan": {"stage1_steps": 1}}
+    data = {"resolution": 16} if arch == "stackgan" else {}  # its Stage I is half the resolution, >= 8 px
+    return tiny_config(model={"arch": arch}, family=family, data=data,
                        train={"steps": STEPS, "log_every": LOG_EVERY, "checkpoint_every": CHECKPOINT_EVERY,
                               "n_critic": 1})  # WGAN's 5 critic batches cost time and add no other code path
 
@@ -110,7 +114,7 @@ def syncs_per_step(arch: str) -> dict[int, list[str]]:
     state = build_state(cfg, n_classes=3)
     if arch == "srgan":  # its content-loss backbone is built once per process (cached), not per step:
         content_features(state)  # built here, so its first GAN step is measured like any other
-    batches = device_batches(ARCHS[arch].dataset_kind)
+    batches = device_batches(ARCHS[arch].dataset_kind, res=cfg.data.resolution)
     calls = HostCalls()
     hooks = [register_optimizer_step_pre_hook(lambda *a: setattr(calls, "in_optimizer", True)),
              register_optimizer_step_post_hook(lambda *a: setattr(calls, "in_optimizer", False))]

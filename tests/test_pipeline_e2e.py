@@ -3,13 +3,14 @@ MLflow on SQLite, local DVC remote) in an isolated workspace, twice; and the sam
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from terminal import run_in_pty
-from workspace import BIN, env_for, ganpipe, make_workspace
+from workspace import BIN, ROOT, env_for, ganpipe, make_workspace
 
 pytestmark = pytest.mark.slow
 MODEL = "ganpipe-digits-dcgan"
@@ -66,6 +67,7 @@ def test_run_twice_registers_gates_and_versions(tmp_path):
     assert v.tags["ray.run_name"] == train["run_name"]
     assert v.tags["eval.fingerprint_id"] == ev["fingerprint"]["id"]
     assert v.tags["prefect.flow_run_id"] not in ("", "none")
+    assert v.tags["train.determinism"].startswith("bit-exact: CPU")  # what a GPU run without the flag can't say
     assert v.tags["dataset.dvc_md5"].endswith(".dir") and v.tags["checkpoint.dvc_md5"].endswith(".dir")
     history = c.get_metric_history(train["mlflow_run_id"], "train/loss_d")
     assert [m.step for m in history] == [10, 20, 30, 40]
@@ -92,6 +94,14 @@ def test_run_twice_registers_gates_and_versions(tmp_path):
     assert read_provenance(tmp_path / "g.png")["model"] == f"models:/{MODEL}@champion"
     side = (3 * (16 + 1) + 1) * 4  # 3x3 grid of 16 px images, 1 px padding, upscaled x4
     assert Image.open(tmp_path / "g.png").size == (side, side)
+
+    # the run records its orchestration breakdown (MLflow timing/*), which benchmarks/orchestration.py reads
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.orchestration import main as orchestration
+
+    o = orchestration(["--workspace", str(ws), "--out", str(tmp_path / "bench")])
+    assert {"ray_start", "ray_train_fit", "mlflow_run", "dvc", "evaluation", "flow_body"} <= set(o["recorded_s"])
+    assert 0 < o["orchestration_s"] < o["wall_s"] and (tmp_path / "bench" / "orchestration.md").is_file()
 
     # second run: prepare skipped, a new candidate, alias moves only if it is better
     second = ganpipe(ws, "run", "train.steps=80")
@@ -140,6 +150,29 @@ def test_a_conditional_family_runs_registers_and_samples_a_requested_class(tmp_p
     assert read_provenance(out)["class"] == 7
     bad = ganpipe(ws, "sample", uri, "--class", "10")
     assert bad.returncode != 0 and "--class: 10" in bad.stderr and "0..9" in bad.stderr
+
+    # an autoencoder in the same workspace (the digits and their evaluator already prepared): its decoder
+    # is registered as the generator (FID gate), its encoder beside it for `ganpipe encode`
+    a = ganpipe(ws, "run", "model.arch=aae_mix")
+    assert a.returncode == 0, a.stdout[-3000:] + a.stderr[-3000:]
+    ev = json.loads((ws / "reports" / "evaluation.json").read_text())
+    assert ev["metric"] == "fid_300" and ev["metrics"]["recon_mse_train_500"] > 0  # digits: no held-out rows
+    assert 0 < ev["metrics"]["mmd_p_train_500"] <= 1 and 0 <= ev["metrics"]["class_acc_300"] <= 1
+    name = "ganpipe-digits-aae_mix"
+    version = c.get_model_version(name, "1")
+    assert version.tags["encoder.model_uri"].startswith("models:/")
+    assert c.get_metric_history(version.run_id, "mmd_train_500")
+    out = tmp_path / "codes.npy"
+    enc = ganpipe(ws, "encode", f"models:/{name}@champion", str(ws / "data" / "prepared" / "digits" / "images.npy"),
+                  "--out", str(out), "--show", "1")
+    assert enc.returncode == 0, enc.stderr[-2000:]
+    import numpy as np
+
+    assert np.load(out).shape == (1797, 64) and "1797 codes of 64 dims" in enc.stdout
+    assert json.loads(out.with_name("codes.npy.json").read_text())["model_version"] == "1"
+    threes = ganpipe(ws, "sample", f"models:/{name}@champion", "--class", "3", "--n", "4",
+                     "--out", str(tmp_path / "threes.png"))
+    assert threes.returncode == 0 and read_provenance(tmp_path / "threes.png")["class"] == 3, threes.stderr[-2000:]
 
 
 def test_dvc_repro_runs_the_same_stages(tmp_path):

@@ -252,3 +252,15 @@ def test_a_stray_fault_variable_without_drills_does_not_touch_real_training(setu
     ckpt = load_checkpoint(run_training(s, cfg, data["path"], "stray-fault", None, {})["checkpoint"])
     assert ckpt["step"] == 20 and "resumed_at" not in ckpt["extra"]
     assert not (s.home / "faults" / "stray-fault.fired").exists()
+
+
+def test_autoencoder_family_trains_under_ddp_on_two_workers(setup):
+    """aae_mix: encoder and decoder in one DDP-wrapped G whose training forward returns codes and
+    reconstructions, a label-reading D on codes; the loop's replica check at the checkpoint fails if
+    the ranks' encoder, decoder or D drift apart."""
+    s, _, data = setup
+    cfg = tiny_config(data={"resolution": 8}, model={"arch": "aae_mix"},
+                      train={"steps": 4, "batch_size": 16, "num_workers": 2, "log_every": 2, "checkpoint_every": 4})
+    ckpt = load_checkpoint(run_training(s, cfg, data["path"], "ddp-aae_mix", None, {})["checkpoint"])
+    assert ckpt["step"] == 4 and ckpt["world"] == 2 and ckpt["n_classes"] == 10
+    assert {k.split(".")[0] for k in ckpt["models"]["G"]} == {"encoder", "decoder", "prior"}

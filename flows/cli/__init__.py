@@ -10,6 +10,7 @@ from flows.cli import sampling, images, models, datasets, services  # noqa: F401
 from flows.cli import runs  # noqa: F401  (ganpipe runs)
 from flows.cli import deploy  # noqa: F401  (ganpipe deploy)
 from flows.cli import provenance  # noqa: F401  (ganpipe provenance)
+from flows.cli import encode  # noqa: F401  (ganpipe encode)
 from flows.cli.app import app
 from gan_core.config import ConfigError
 

@@ -19,7 +19,8 @@ def dataset_add(
                                            "fashion-mnist | cifar10"),
     kind: str = typer.Option("auto", help="auto (labelled when there are class folders/labels) | labelled | "
                                           "unconditional | paired (two domain folders, files matched by "
-                                          "name) | unpaired (two domain folders) | superres (high-res images)"),
+                                          "name) | unpaired (two domain folders) | superres (high-res images) | "
+                                          "captioned (images + captions.jsonl or per-image .txt captions)"),
     resolution: int = typer.Option(32, help="square side after resizing (power of two)"),
     channels: int = typer.Option(3, help="1 (grey) or 3 (RGB)"),
     policy: str = typer.Option("fail", help="fail: any rejected file refuses the add | skip: rejects are "
@@ -70,9 +71,11 @@ def dataset_list():
 
     rows = listing(s)
     if not rows:
-        typer.echo("no catalogued datasets (built-in: digits, blobs, shapes); add one with `ganpipe dataset add`")
+        typer.echo("no catalogued datasets (built-in: digits, blobs, shapes, captions); add one with "
+                   "`ganpipe dataset add`")
     for r in rows:
         what = f"domains={'/'.join(r['domains'])}" if r.get("domains") else \
+            f"vocabulary={r['vocabulary']['size']}" if r.get("vocabulary") else \
             f"classes={len(r['classes']) if r.get('classes') else 0}"
         typer.echo(f"{'*' if r['latest'] else ' '} {r['name']}@{r['version']:<4} {r['kind']:<13} {r['count']:>7} images "
                    f"{r['resolution']}x{r['resolution']}x{r['channels']} {what} "
@@ -82,7 +85,8 @@ def dataset_list():
 @dataset_app.command("show")
 def dataset_show(spec: str = typer.Argument(..., help="NAME or NAME@VERSION"),
                  grid: Path = typer.Option(Path("dataset.png"), help="where to write a sample grid PNG")):
-    """Statistics of one dataset version (restored with dvc pull if needed) and a sample grid."""
+    """Statistics of one dataset version (restored with dvc pull if needed), a sample grid, and a few
+    images' captions for captioned data."""
 
     s = cli_settings()
     from flows.data.datasets import show

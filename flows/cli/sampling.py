@@ -26,7 +26,9 @@ def sample(model: str = typer.Argument(..., help="models:/NAME@champion, models:
            interpolate: Optional[int] = typer.Option(None, help="style models: a strip from --seed to this seed"),
            steps: int = typer.Option(8, min=2, max=64, help="images in an --interpolate strip"),
            watermark: bool = typer.Option(False, "--watermark", help="also hide the key id and a provenance tag "
-                                          "in the pixels (survives lost metadata, JPEG 90, resizing)")):
+                                          "in the pixels (survives lost metadata, JPEG 90, resizing)"),
+           text: Optional[str] = typer.Option(None, "--text", help="text-to-image models (stackgan): the caption "
+                                              "every image is drawn for, tokenised with the model's own vocabulary")):
     """Generate an n-image grid from a registered model or a checkpoint file."""
     s = cli_settings()
     import math
@@ -39,6 +41,19 @@ def sample(model: str = typer.Argument(..., help="models:/NAME@champion, models:
 
     G = load_generator(s, model)
     source = {"model": model, **source_fields(s, model)}
+    meta = getattr(G, "exported_as", None) or {}
+    if text is not None or meta.get("conditioning") == "text":  # text-to-image: n images of one caption
+        from gan_core.text import draw_text
+
+        try:
+            images, unknown = draw_text(G, meta, text, n, seed)
+        except ValueError as e:
+            fail(str(e))
+        columns = int(math.ceil(math.sqrt(n)))
+        provenance = {**source, "seed": seed, "n": n, "text": text, "unknown_words": unknown,
+                      **grid_fields(n, columns), "latent_index": "cell i holds latent i of the seed's stream"}
+        typer.echo(str(write_png(s, out, make_grid(images, columns), provenance, watermark).resolve()))
+        return
     if "input" in getattr(G, "exported_as", {}):  # image-conditioned: held-out input | output | target
         from flows.cli.images import heldout_samples
 

@@ -24,7 +24,7 @@ from flows.ops.console import counting, say
 from flows.ops.settings import Settings
 from flows.data.sources import fetch, workdir
 from gan_core.config import NAME_RE, ConfigError
-from gan_core.data import content_hash, load_manifest, load_prepared, write_prepared
+from gan_core.data import CaptionData, caption_data, content_hash, load_manifest, load_prepared, write_prepared
 from gan_core.files import write_json_atomic
 from gan_core.ingest.ingest import KINDS, IngestResult, ingest, read_local
 from gan_core.ingest.policy import IngestPolicy
@@ -39,6 +39,9 @@ def read(source: str, policy: IngestPolicy, kind: str) -> IngestResult:
             return read_local(got.path, policy, kind, watch=lambda entries: counting(entries, len(entries), "checked"))
         if kind in ("paired", "unpaired"):
             raise IngestError(f"{source}: --kind {kind} needs a folder or archive with two domain sub-folders")
+        if kind == "captioned":
+            raise IngestError(f"{source}: --kind captioned needs a folder or archive of images with "
+                              "captions.jsonl or per-image .txt captions")
         images, labels = got.arrays
         if kind in ("unconditional", "superres"):
             labels = None
@@ -51,9 +54,10 @@ HELDOUT_FRACTION = 0.1  # of an image-to-image dataset's rows, never trained on:
 
 
 def with_heldout(result: IngestResult, seed: int = 0) -> tuple[IngestResult, int]:
-    """Image-to-image data in a seeded order whose last rows are held out (a tenth, at least one).
-    Paired rows move together; unpaired domains are shuffled independently (nothing aligns them)."""
-    if result.kind not in ("paired", "unpaired", "superres"):
+    """Image-to-image and captioned data in a seeded order whose last rows are held out (a tenth, at
+    least one). Paired rows, and images with their captions, move together; unpaired domains are
+    shuffled independently (nothing aligns them)."""
+    if result.kind not in ("paired", "unpaired", "superres", "captioned"):
         return result, 0
     g = np.random.default_rng(seed)
     n = len(result.images)
@@ -65,7 +69,15 @@ def with_heldout(result: IngestResult, seed: int = 0) -> tuple[IngestResult, int
     if n - heldout < 1:
         raise IngestError(f"{result.report.source}: {n} image(s) leave nothing to train on after holding out "
                           f"{heldout} for evaluation")
-    return replace(result, images=result.images[perm], images_b=images_b, keys=None), heldout
+    captions = [result.captions[i] for i in perm] if result.captions is not None else None
+    attributes = result.attributes[perm] if result.attributes is not None else None
+    return replace(result, images=result.images[perm], images_b=images_b, keys=None, captions=captions,
+                   attributes=attributes), heldout
+
+
+def captions_of(result: IngestResult, heldout: int) -> CaptionData | None:
+    """Captioned data's ids and vocabulary (of the training rows): what the version carries."""
+    return caption_data(result.captions, heldout, result.attributes) if result.kind == "captioned" else None
 
 
 def add(settings: Settings, name: str, source: str, policy: IngestPolicy, kind: str = "auto") -> dict:
@@ -75,10 +87,11 @@ def add(settings: Settings, name: str, source: str, policy: IngestPolicy, kind: 
         raise ConfigError("--kind", f"must be one of {KINDS}, got {kind!r}")
     say(f"reading {source} ...")
     result, heldout = with_heldout(read(source, policy, kind))
+    captions = captions_of(result, heldout)
     ws = settings.workspace
     with catalog.locked(ws):
         data = catalog.load(ws)
-        sha = content_hash(result.images, result.labels, result.images_b)
+        sha = content_hash(result.images, result.labels, result.images_b, captions)
         existing = catalog.find_content(data, name, sha)
         if existing:
             return {"name": name, "version": existing, "created": False, "content_sha256": sha,
@@ -90,7 +103,7 @@ def add(settings: Settings, name: str, source: str, policy: IngestPolicy, kind: 
         before = gitignore.read_text() if gitignore.exists() else None
         try:
             say(f"writing {name}@{version} ({len(result.images):,} images) and its reference statistics ...")
-            manifest = _write_version(folder, name, version, source, policy, result, heldout)
+            manifest = _write_version(folder, name, version, source, policy, result, heldout, captions)
             say("dvc add and push ...")
             versioning.ensure_repo(settings)
             versioning.dvc(settings, "add", "--quiet", str(folder.relative_to(ws)))
@@ -110,7 +123,7 @@ def add(settings: Settings, name: str, source: str, policy: IngestPolicy, kind: 
 
 
 def _write_version(folder: Path, name: str, version: str, source: str, policy: IngestPolicy,
-                   result: IngestResult, heldout: int = 0) -> dict:
+                   result: IngestResult, heldout: int = 0, captions: CaptionData | None = None) -> dict:
     meta = {"name": name, "version": version, "kind": result.kind, "source": source,
             **({"heldout": heldout} if heldout else {}),
             "resolution": policy.resolution, "channels": policy.channels,
@@ -125,7 +138,8 @@ def _write_version(folder: Path, name: str, version: str, source: str, policy: I
             # statistics (slow on CPU, weights rarely present offline) are computed by prepare on demand
             build_evaluator(tmp, result.images, labels, manifest, backbones=(DOMAIN,))
 
-    return write_prepared(folder, result.images, labels, meta, extras=extras, images_b=result.images_b)
+    return write_prepared(folder, result.images, labels, meta, extras=extras, images_b=result.images_b,
+                          captions=captions)
 
 
 def _entry(settings: Settings, manifest: dict, source: str, policy: IngestPolicy, result: IngestResult,
@@ -140,6 +154,7 @@ def _entry(settings: Settings, manifest: dict, source: str, policy: IngestPolicy
         "resolution": policy.resolution, "channels": policy.channels,
         **({"domains": result.classes, "count_b": manifest["count_b"]} if result.images_b is not None else
            {"classes": result.classes, "class_counts": (manifest["labels"] or {}).get("counts")}),
+        **({"vocabulary": manifest["vocabulary"], "heldout": manifest["heldout"]} if "vocabulary" in manifest else {}),
         "source": source, "policy": {k: v for k, v in asdict(policy).items() if k != "formats"},
         "rejected": result.report.counts,
         "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
@@ -176,7 +191,13 @@ def show(settings: Settings, name: str, version: str | None, grid_png: Path | No
         save_png(grid_png, make_grid(to_float(torch.from_numpy(ds.images[pick])), 8),
                  {"dataset": name, "version": version, "content_sha256": entry["content_sha256"]})
         stats["grid"] = str(grid_png)
+    if ds.caption_texts is not None:  # a few images' captions, spread over the rows
+        rows = np.linspace(0, len(ds.caption_texts) - 1, min(SHOWN_CAPTIONS, len(ds.caption_texts))).astype(int)
+        stats["captions"] = {f"row {int(i)}": ds.caption_texts[i] for i in rows}
     return stats
+
+
+SHOWN_CAPTIONS = 5
 
 
 def listing(settings: Settings) -> list[dict]:

@@ -5,6 +5,7 @@
                                   standard AWS environment/profile, e.g. AWS_ENDPOINT_URL, AWS_PROFILE)
     sklearn-digits                the 1797 8x8 digits bundled with scikit-learn (offline)
     synthetic-blobs | synthetic-shapes   generated datasets with known modes (gan_core.synthetic)
+    (built-in `captions`: captioned shapes, gan_core.captions, prepared by name only: caption_builtin)
     mnist | fashion-mnist | cifar10      standard downloads (checksummed), when the machine is online
 
 `fetch` turns a source into something gan_core.ingest reads: a local path, or arrays.
@@ -24,7 +25,9 @@ from typing import Callable
 
 import numpy as np
 
+from gan_core.captions import ATTRIBUTES, captioned_shapes
 from gan_core.config import ConfigError
+from gan_core.data import CaptionData, caption_data, normalise_images
 from gan_core.ingest.archive import safe_name
 from gan_core.ingest.report import IngestError, Rejected
 from gan_core.synthetic import CLASS_NAMES, SYNTHETIC
@@ -49,15 +52,31 @@ BUILTIN_DATASETS = {"digits": "sklearn-digits", "blobs": "synthetic-blobs", "sha
 # two-domain and super-resolution datasets derived from bundled real images (gan_core.pairs): name -> kind
 IMAGE_BUILTINS = {"edges2digits": "paired", "edges2photos": "paired", "digits-inverted": "unpaired",
                   "photo-patches": "superres"}
+# captioned built-ins (text-to-image families): name -> (images, captions, attributes) at a resolution
+CAPTION_BUILTINS = {"captions": lambda res: captioned_shapes(2048, res, seed=0)}
+CAPTION_HELDOUT_FRACTION = 0.1  # as flows.data.datasets.HELDOUT_FRACTION for added image-to-image data
 
 
 def builtin_kind(name: str) -> str:
     """The dataset kind of a built-in, checked against the family before any work."""
+    if name in CAPTION_BUILTINS:
+        return "captioned"
     return IMAGE_BUILTINS.get(name, "labelled")  # digits, blobs and shapes all carry their classes
 
 
 def builtin_names() -> list[str]:
-    return [*BUILTIN_DATASETS, *IMAGE_BUILTINS]
+    return [*BUILTIN_DATASETS, *IMAGE_BUILTINS, *CAPTION_BUILTINS]
+
+
+def caption_builtin(name: str, resolution: int, channels: int) -> tuple[np.ndarray, CaptionData, dict]:
+    """A captioned built-in, offline: (images NCHW uint8, captions, manifest meta). Its rows come in
+    a seeded random order, so the last tenth held out covers the attribute combinations evenly."""
+    raw, texts, attributes = CAPTION_BUILTINS[name](resolution)
+    heldout = max(1, round(CAPTION_HELDOUT_FRACTION * len(raw)))
+    captions = caption_data(texts, heldout, attributes, {k: list(v) for k, v in ATTRIBUTES.items()})
+    meta = {"source": f"gan_core.captions.captioned_shapes(n={len(raw)}, seed=0)", "kind": "captioned",
+            "heldout": heldout}
+    return normalise_images(raw, resolution, channels), captions, meta
 
 
 # ---- standard downloads ---------------------------------------------------------------------------

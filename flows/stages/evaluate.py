@@ -22,7 +22,7 @@ from flows.ops.signing import signing_key
 from gan_core.images import grid_fields, make_grid, save_png
 from gan_core.metrics.evaluator import evaluator_for
 from gan_core.metrics.heldout import translate
-from gan_core.metrics.fid import latent_of, metric_name
+from gan_core.metrics.fid import eval_device, latent_of, metric_name
 from gan_core.metrics.frechet import MetricError
 
 
@@ -43,6 +43,8 @@ def raw_output(evaluator, module, n: int, seed: int, batch_size: int) -> torch.T
     """The outputs the evaluator scores (seeded latents, or held-out inputs), without its
     finiteness check: to tell a generator's non-finite output from an evaluator failure, and to
     still show what such a generator produces."""
+    if hasattr(evaluator, "raw"):  # text-conditioned: the held-out captions
+        return evaluator.raw(module, n, seed, batch_size)
     if hasattr(evaluator, "inputs"):  # image-conditioned: the held-out inputs
         torch.manual_seed(seed)
         return translate(evaluator.family, module, evaluator.inputs[:n], batch_size=batch_size)
@@ -81,15 +83,22 @@ def evaluate(settings: Settings, cfg: PipelineConfig) -> dict:
     name = metric_name(n, family.gate.metric)
     torch.manual_seed(e.seed)
     error = None
+    # the training device when there is one (FID at GPU speed), for evaluators that can run there
+    device = eval_device(cfg.train.use_gpu and getattr(evaluator, "runs_on_device", False))
     try:
         with counted(module, n):  # a count on the run's console, if any
-            scores, fingerprint = evaluator.evaluate(module, n, e.seed, e.batch_size)
+            scores, fingerprint = evaluator.evaluate(module.to(device), n, e.seed, e.batch_size, device)
     except MetricError as err:
+        module.to("cpu")
         if torch.isfinite(raw_output(evaluator, module, n, e.seed, e.batch_size)).all():
             raise  # the generator's images are fine: the evaluator failed, which is a bug, not a score
         error = str(err)
         scores, fingerprint = {name: math.nan}, evaluator.fingerprint(n)
+    module.to("cpu")  # the sample grid and the code scores below run on the CPU
     value = scores[name]
+    if family.score_codes is not None and error is None:  # families that also encode (aae): recon, prior match
+        from gan_core.metrics.codes import code_scores
+        scores.update(code_scores(family, state.G_ema, prepared, cfg.family, e.seed))
 
     reports = settings.reports_dir
     k = e.grid * e.grid

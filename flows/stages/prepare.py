@@ -16,7 +16,7 @@ import torch
 
 from flows.data import catalog
 from flows.ops.settings import Settings
-from flows.data.sources import IMAGE_BUILTINS, read_builtin
+from flows.data.sources import CAPTION_BUILTINS, IMAGE_BUILTINS, caption_builtin, read_builtin
 from gan_core.config import PipelineConfig
 from gan_core.data import load_manifest, load_prepared, normalise_images, write_prepared
 from gan_core.files import replace_dir
@@ -30,8 +30,12 @@ def prepare(settings: Settings, cfg: PipelineConfig) -> dict:
     if d.dataset in catalog.load(settings.workspace)["datasets"]:
         return _from_catalog(settings, cfg, out)
     meta = {"name": d.dataset, "version": "built-in", "resolution": d.resolution, "channels": d.channels}
-    images_b = None
-    if d.dataset in IMAGE_BUILTINS:
+    images_b = captions = None
+    if d.dataset in CAPTION_BUILTINS:  # captioned shapes, drawn at data.resolution
+        images, captions, more = caption_builtin(d.dataset, d.resolution, d.channels)
+        labels = None
+        meta.update(more)
+    elif d.dataset in IMAGE_BUILTINS:
         from gan_core.pairs import PAIRED_BUILTINS
 
         pairs = PAIRED_BUILTINS[d.dataset]()
@@ -48,7 +52,7 @@ def prepare(settings: Settings, cfg: PipelineConfig) -> dict:
     evaluator: dict = {}
     # image-conditioned families score held-out pairs (no feature backbone); the others need one
     wants_backbone = not family_for(cfg.model).image_input
-    manifest = write_prepared(out, images, labels, meta, images_b=images_b,
+    manifest = write_prepared(out, images, labels, meta, images_b=images_b, captions=captions,
                               extras=lambda tmp, m: wants_backbone and evaluator.update(
                                   build_evaluator(tmp, images, labels, m, backbones=(cfg.eval.backbone,))))
     return {"path": str(out), "content_sha256": manifest["content_sha256"], "count": manifest["count"],

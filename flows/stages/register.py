@@ -24,6 +24,7 @@ from flows.registry import history
 from flows.registry.gate import Scored, decide, decision_label, fid_from_record, recorded_decision, same_registration
 from flows.registry.gate import epsilon_budget, privacy_refusal
 from flows.ops.locks import file_lock, server_lock
+from flows.stages.encoding import log_encoder
 from flows.stages.records import read_record, write_record
 from flows.ops.settings import Settings, without_password
 from flows.registry.tracking import CHAMPION, champion_version, client, model_name
@@ -136,6 +137,7 @@ def lineage_tags(settings: Settings, cfg: PipelineConfig, training: dict, evalua
         "checkpoint.sha256": training["checkpoint_sha256"],
         "checkpoint.dvc_md5": str(versioning.locked_out_md5(settings, "train", settings.candidate_dir)),
         "checkpoint.step": str(training["step"]),
+        "train.determinism": str(meta.get("determinism", "unrecorded")),
         "ray.run_name": training["run_name"],
         "prefect.flow_run_id": lineage.get("prefect.flow_run_id", "none"),
         "mlflow.run_id": str(training.get("mlflow_run_id")),
@@ -261,10 +263,12 @@ def _register_once(settings: Settings, cfg: PipelineConfig, lineage: dict) -> di
         G = state.family.infer(state.G_ema.eval())  # what the family exports (CycleGAN: both directions)
         with mlflow.start_run(run_id=run_id), export_context(cfg):
             info = mlflow.pytorch.log_model(G, name="generator", **export_args(cfg, G))
+            encoder = log_encoder(cfg, state)  # families that also encode images (aae): tagged on the version
             mlflow.log_artifact(str(settings.candidate_dir / "checkpoint.pt"), "checkpoint")
         tags = lineage_tags(settings, cfg, training, evaluation, lineage)
         tags.update({f"family.{k}": str(state.extra[k]) for k in state.family.lineage if k in state.extra})
         tags.update(privacy_tags(cfg, state.extra))
+        tags.update(encoder)
         version = str(mlflow.register_model(info.model_uri, name, tags=tags).version)
         recorded = None
     else:

@@ -15,8 +15,10 @@ from flows.ops.progress import ProgressFeed, tee_monitor
 from flows.stages.resume import CKPT_NAME
 from flows.stages.verdict import Verdict
 from gan_core.checkpoint import gather, gather_rng_states, restore, save_checkpoint, to_checkpoint
+from gan_core import determinism
 from gan_core.config import PipelineConfig
 from gan_core.data import ShardedBatches, load_manifest, load_prepared, training_arrays
+from gan_core.text import attach_vocabulary
 from gan_core.files import replace_dir
 from gan_core.replicas import check_replicas
 from gan_core.state import Callback, TrainState
@@ -90,6 +92,7 @@ def train_loop_per_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     cfg = PipelineConfig.from_dict(config["pipeline"])
+    determinism.apply(cfg.train.deterministic)  # before the first CUDA work of this process
     torch.set_num_threads(config["threads"])  # one worker per core: no oversubscription
     device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
     if device.type == "cuda":
@@ -100,6 +103,7 @@ def train_loop_per_worker(config: dict) -> None:
     nodes = node_ids(world)
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     state = build_state(cfg, device, data.num_classes)
+    attach_vocabulary(state, data.vocabulary)  # a text-conditioned G carries its data's vocabulary
     torch.manual_seed(cfg.train.seed * 1_000_003 + rank + 1)  # then a distinct latent stream per rank
     point = resume(state, world, rank)
     if cfg.privacy.enabled:  # after the restore: the accountant continues the checkpoint's history

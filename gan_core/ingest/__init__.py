@@ -6,6 +6,7 @@
     archive.py  zip/tar members read in memory, with path, link, device and size/ratio checks
     readers.py  folders (class sub-folders = labels), archives, .npz, MNIST IDX -> entries
     ingest.py   entries -> images, labels, class names and the report, under the policy
+    captioned.py  images + captions.jsonl or per-image .txt captions, each bad caption rejected with its reason
 
 Pure Python + numpy + Pillow: flows/ adds S3, downloads, DVC and the catalog around it.
 """

@@ -9,13 +9,14 @@ from typing import Iterable
 import numpy as np
 
 from gan_core.ingest.archive import ArchiveLimits, is_archive
+from gan_core.ingest.captioned import read_captioned
 from gan_core.ingest.decode import decode, to_target_mode, to_target_size
 from gan_core.ingest.policy import IngestPolicy
 from gan_core.ingest.readers import Entry, assign_labels, read_archive_entries, read_folder, read_idx_source, read_npz
 from gan_core.ingest.report import IngestError, IngestReport, Rejected
 
 
-KINDS = ("auto", "unconditional", "labelled", "paired", "unpaired", "superres")
+KINDS = ("auto", "unconditional", "labelled", "paired", "unpaired", "superres", "captioned")
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,9 @@ class IngestResult:
     report: IngestReport
     keys: list[str | None] | None = None  # per image: path below its class/domain folder
     images_b: np.ndarray | None = None  # (M, C, R, R) domain B
-    kind: str = ""  # unconditional | labelled | paired | unpaired | superres
+    kind: str = ""  # unconditional | labelled | paired | unpaired | superres | captioned
+    captions: list[list[str]] | None = None  # captioned: per image its caption texts
+    attributes: np.ndarray | None = None  # captioned: (N, A) int64 attribute indices, where known
 
 
 def class_order(names: Iterable[str]) -> list[str]:
@@ -116,7 +119,8 @@ def split_domains(result: IngestResult, kind: str, policy: IngestPolicy) -> Inge
 def read_local(source: Path, policy: IngestPolicy, kind: str = "auto",
                limits: ArchiveLimits = ArchiveLimits(), watch=None) -> IngestResult:
     """A local folder, archive, .npz or IDX file, ingested under the policy. kind: see KINDS;
-    paired/unpaired read two domain sub-folders, superres is unconditional high-resolution images.
+    paired/unpaired read two domain sub-folders, superres is unconditional high-resolution images,
+    captioned images with captions (gan_core/ingest/captioned.py).
     `watch(entries)`, if given, returns the entries unchanged as an iterable the caller observes
     (a progress count of the checks: decoding and resizing are the slow part)."""
     watch = watch or (lambda entries: entries)
@@ -125,6 +129,8 @@ def read_local(source: Path, policy: IngestPolicy, kind: str = "auto",
         raise IngestError(f"--kind: must be one of {KINDS}, got {kind!r}")
     if not source.exists():
         raise IngestError(f"{source}: no such file or folder")
+    if kind == "captioned":
+        return read_captioned(source, policy, limits, ingest, watch)
     if kind in ("paired", "unpaired"):
         if not (source.is_dir() or is_archive(source)):
             raise IngestError(f"{source}: --kind {kind} reads a folder or archive with two domain sub-folders")

@@ -21,6 +21,15 @@ REASONS = {
     "too-large": "file larger than the per-file limit",
     "no-label": "file outside the class sub-folders of a labelled dataset",
     "no-pair": "paired dataset: no file of the same name in the other domain's folder",
+    # captioned data (gan_core/ingest/captioned.py)
+    "no-caption": "captioned dataset: image without a caption",
+    "empty-caption": "captioned dataset: an empty caption (or a caption file with no non-empty line)",
+    "no-words": "captioned dataset: a caption without a word (letters or digits)",
+    "too-many-captions": "captioned dataset: more captions for one image than the limit",
+    "encoding": "caption text is not UTF-8",
+    "bad-json": "captions.jsonl line is not a JSON object {\"file\": ..., \"captions\": [...]}",
+    "no-image": "a caption for an image that is not in the source",
+    "repeated-entry": "a second captions.jsonl line for the same image",
 }
 
 

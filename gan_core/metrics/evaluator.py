@@ -27,13 +27,17 @@ from gan_core.data import DataError, to_float
 from gan_core.files import file_sha256, write_bytes_atomic, write_json_atomic
 from gan_core.metrics import backbone as domain
 from gan_core.metrics.controls import control_scores
-from gan_core.metrics.fid import Fingerprint, ReferenceStats, draw, load_reference, metric_name, save_reference
+from gan_core.metrics.fid import (Fingerprint, ReferenceStats, draw, load_reference, metric_name, quantised,
+                                  save_reference)
 from gan_core.metrics.frechet import MetricError, feature_stats, fid_from_stats
 from gan_core.metrics.inception_score import inception_score, softmax
 from gan_core.metrics.kid import kernel_inception_distance
 from gan_core.metrics.precision_recall import precision_recall
 
 DOMAIN, INCEPTION = "domain-classifier", "inception"
+# what the backbone sees: 8-bit images in [-1, 1] (fid.quantised); FIDs of unquantised images ("[-1,1]",
+# before) hold under another fingerprint, so the gate never compares the two
+IMAGE_RANGE = "[-1,1] 8-bit"
 BACKBONES = (DOMAIN, INCEPTION)
 
 Extract = Callable[[torch.Tensor, int], tuple[np.ndarray, np.ndarray]]  # images, batch -> features, logits
@@ -46,6 +50,7 @@ class Backbone:
     weights_sha256: str
     resize: str  # how images reach the network's input size
     extract: Extract
+    module: nn.Module | None = None  # the network `extract` runs, moved to the evaluation device
 
 
 def domain_backbone(folder: Path) -> Backbone:
@@ -54,7 +59,7 @@ def domain_backbone(folder: Path) -> Backbone:
         raise MetricError(f"{path}: missing; run the prepare stage (the {DOMAIN} backbone needs a labelled dataset)")
     model = domain.backbone_from_dict(torch.load(path, map_location="cpu", weights_only=True))
     return Backbone(DOMAIN, domain.BACKBONE_ID, domain.weights_sha256(model), "none",
-                    lambda x, b: domain.extract(model, x, b))
+                    lambda x, b: domain.extract(model, x, b), model)
 
 
 def inception_backbone(weights: str | Path | None = None) -> Backbone:
@@ -62,7 +67,7 @@ def inception_backbone(weights: str | Path | None = None) -> Backbone:
 
     path = inception.find_weights(weights)
     model = inception.load_fid_inception(path)
-    return Backbone(INCEPTION, inception.BACKBONE_ID, file_sha256(path), "bilinear-299", model.extract)
+    return Backbone(INCEPTION, inception.BACKBONE_ID, file_sha256(path), "bilinear-299", model.extract, model)
 
 
 def load_backbone(name: str, folder: Path | None = None) -> Backbone:
@@ -81,6 +86,12 @@ def build_evaluator(folder: Path, images: np.ndarray, labels: np.ndarray | None,
     for each requested backbone. Raises (and so leaves nothing behind) if one cannot be built."""
     wanted = list(dict.fromkeys(backbones))
     info: dict = {}
+    if labels is None and (folder / "attributes.npy").is_file():  # captioned data: text-alignment classifier,
+        from gan_core.metrics import alignment  # and the FID backbone learns the attribute combinations
+
+        attributes = np.load(folder / "attributes.npy", allow_pickle=False)
+        info.update(alignment.build(folder, images, attributes, int(manifest.get("heldout", 0)), seed))
+        labels = alignment.fid_labels(attributes)
     if labels is not None:
         model, acc = domain.train_classifier(images, labels, int(labels.max()) + 1, seed=seed)
         write_bytes_atomic(folder / "backbones" / f"{DOMAIN}.pt", torch_bytes(domain.backbone_to_dict(model)))
@@ -119,6 +130,7 @@ class Evaluator:
     backbone: Backbone
     ref: ReferenceStats
     resolution: int  # of the reference images
+    runs_on_device = True  # evaluate(device=...) runs G and the backbone there (held-out evaluators: CPU only)
 
     @property
     def columns(self) -> int:
@@ -129,7 +141,7 @@ class Evaluator:
         return n
     def fingerprint(self, n_fake: int) -> Fingerprint:
         return Fingerprint(backbone=self.backbone.id, weights_sha256=self.backbone.weights_sha256,
-                           resize=self.backbone.resize, image_range="[-1,1]", n_real=self.ref.stats.n,
+                           resize=self.backbone.resize, image_range=IMAGE_RANGE, n_real=self.ref.stats.n,
                            n_fake=n_fake, ref_stats_sha256=self.ref.sha256)
 
     def score_images(self, images: torch.Tensor, batch_size: int, seed: int,
@@ -140,7 +152,7 @@ class Evaluator:
         if self.backbone.resize == "none" and tuple(images.shape[-2:]) != (self.resolution, self.resolution):
             raise MetricError(f"images are {tuple(images.shape[1:])}; the {self.backbone.name} reference statistics "
                               f"are for {self.resolution}x{self.resolution}")
-        feats, logits = self.backbone.extract(images, batch_size)
+        feats, logits = self.backbone.extract(quantised(images), batch_size)
         scores = score(feats, logits, self.ref, len(images), seed)
         if labels is not None and kind and self.backbone.name == DOMAIN:  # Inception's classes are ImageNet's
             scores.update(control_scores(kind, labels.numpy(), logits, lambda p: metric_name(len(images), p)))
@@ -148,7 +160,10 @@ class Evaluator:
 
     def evaluate(self, G: nn.Module, n_fake: int, seed: int, batch_size: int,
                  device: torch.device | str = "cpu") -> tuple[dict[str, float], Fingerprint]:
-        """Metrics of G's n_fake samples from seeded latents: same G and seed, same numbers."""
+        """Metrics of G's n_fake samples from seeded latents: same G and seed, same numbers. G and the
+        backbone run on `device` (G must be there already), in batches of batch_size."""
+        if self.backbone.module is not None:
+            self.backbone.module.to(device)
         s = draw(G, n_fake, seed, batch_size, device)
         return self.score_images(s.images, batch_size, seed, s.labels, s.kind)
 
@@ -189,4 +204,8 @@ def evaluator_for(family, options, folder: Path, manifest: dict, backbone: str =
         from gan_core.metrics.heldout import heldout_evaluator
 
         return heldout_evaluator(family, options, load_prepared(folder))
+    if family.conditioning == "text":  # held-out captions in, FID and text alignment out
+        from gan_core.metrics.alignment import text_evaluator
+
+        return text_evaluator(load_evaluator(folder, manifest, backbone), folder)
     return load_evaluator(folder, manifest, backbone)

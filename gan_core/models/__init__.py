@@ -7,6 +7,8 @@ from __future__ import annotations
 from gan_core.sections import ConfigError, ModelConfig
 from gan_core.family import Family, Gate
 from gan_core.models import biggan, cyclegan, dcgan, pix2pix, progan, srgan, stylegan, vanilla
+from gan_core.models import aae
+from gan_core.models import stackgan
 from gan_core.steps import adversarial_step, clipped_step, info_step, ortho_step, penalty_step
 
 # The critics' optimisers as their papers give them (their clip 0.01 and lambda 10 are the defaults of
@@ -42,32 +44,32 @@ ARCHS: dict[str, Family] = {
     "vanilla": Family(
         "vanilla", "MLP generator and discriminator (Goodfellow 2014), non-saturating loss",
         "unconditional", vanilla.build_generator, vanilla.build_discriminator, ("nonsat", "hinge"), adversarial_step,
-        private=True),
+        private=True, ssl=True),
     "dcgan": Family(
         "dcgan", "strided conv / transposed conv, batch norm, LeakyReLU (Radford 2016)",
         "unconditional", dcgan.build_generator, dcgan.build_discriminator, ("nonsat", "hinge"), adversarial_step,
-        private=True),
+        private=True, ssl=True),
     "cgan": Family(
         "cgan", "class embedding concatenated to z in G, projection discriminator (Mirza 2014, Miyato 2018)",
         "labelled", dcgan.build_generator, dcgan.build_conditional_discriminator, ("nonsat", "hinge"),
-        adversarial_step, metrics=("fid", "class_acc"), options=dcgan.ConditionalOptions, private=True),
+        adversarial_step, metrics=("fid", "class_acc"), options=dcgan.ConditionalOptions, private=True, ssl=True),
     "wgan": Family(
         "wgan", "critic without sigmoid, Wasserstein loss, weight clipping, n_critic, RMSprop (Arjovsky 2017)",
         "unconditional", dcgan.build_generator, dcgan.build_discriminator, ("wasserstein",), clipped_step,
-        defaults=WGAN, options=dcgan.ClipOptions, private=True),
+        defaults=WGAN, options=dcgan.ClipOptions, private=True, ssl=True),
     "wgan_gp": Family(
         "wgan_gp", "Wasserstein loss + gradient penalty on interpolates, layer-norm critic (Gulrajani 2017)",
         "unconditional", dcgan.build_generator, dcgan.build_critic, ("wasserstein",), penalty_step,
-        defaults=WGAN_GP, options=dcgan.PenaltyOptions),
+        defaults=WGAN_GP, options=dcgan.PenaltyOptions, ssl=True),
     "infogan": Family(
         "infogan", "categorical + continuous codes, Q head sharing D's body, mutual-information loss (Chen 2016)",
         "unconditional", dcgan.build_info_generator, dcgan.build_info_discriminator, ("nonsat", "hinge"),
-        info_step, metrics=("fid", "code_acc", "code_nmi"), options=dcgan.InfoOptions, private=True),
+        info_step, metrics=("fid", "code_acc", "code_nmi"), options=dcgan.InfoOptions, private=True, ssl=True),
     "biggan": Family(
         "biggan", "conditional BN with shared embedding, hierarchical z, self-attention, spectral norm, hinge "
                   "(Brock 2019)",
         "labelled", biggan.build_generator, biggan.build_discriminator, ("hinge", "nonsat"), ortho_step,
-        metrics=("fid", "class_acc"), defaults=BIGGAN, options=biggan.Options),
+        metrics=("fid", "class_acc"), defaults=BIGGAN, options=biggan.Options, ssl=True),
     "progan": Family(
         "progan", "progressive growing 4 px -> data.resolution with fade-in, pixel norm, equalised learning rate, "
                   "mini-batch stddev map, WGAN-GP + drift (Karras 2018)",
@@ -99,6 +101,24 @@ ARCHS: dict[str, Family] = {
         metrics=("psnr", "ssim", "psnr_bicubic", "ssim_bicubic"), defaults=SRGAN, options=srgan.Options,
         gate=PSNR_GATE, infer=srgan.infer, heldout=srgan.heldout, score=srgan.score,
         lineage=("features", "features_sha256"), check=srgan.check),
+    "aae": Family(
+        "aae", "encoder + decoder, a discriminator on the code pushing it to a N(0, I) prior; prior samples "
+               "decode to images (Makhzani 2016)",
+        "unconditional", aae.build_generator, aae.build_discriminator, ("nonsat",), aae.step, multi_critic=False,
+        metrics=("fid", "recon_mse", "mmd", "mmd_p"), defaults=aae.DEFAULTS, options=aae.Options, infer=aae.infer,
+        encode=aae.encoder, score_codes=aae.score_codes),
+    "aae_mix": Family(
+        "aae_mix", "aae with a mixture-of-Gaussians prior, one component per class, D reading the label "
+                   "(Makhzani 2016, 2.3)",
+        "labelled", aae.build_generator, aae.build_discriminator, ("nonsat",), aae.step, multi_critic=False,
+        metrics=("fid", "class_acc", "recon_mse", "mmd", "mmd_p"), defaults=aae.DEFAULTS, options=aae.Options,
+        infer=aae.infer, encode=aae.encoder, score_codes=aae.score_codes),
+    "stackgan": Family(
+        "stackgan", "text encoder + conditioning augmentation, Stage-I G at R/2 then Stage-II G refining to R from "
+                    "the Stage-I image and the text, matching-aware D's (Zhang 2017)",
+        "captioned", stackgan.build_generator, stackgan.build_discriminator, ("nonsat", "hinge"), stackgan.step,
+        multi_critic=False, metrics=("fid", "alignment"), defaults=stackgan.DEFAULTS, options=stackgan.Options,
+        check=stackgan.check, dynamic_graph=True, conditioning="text"),
 }
 
 
