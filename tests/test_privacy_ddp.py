@@ -5,15 +5,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from conftest import blobs, tiny_config
 from gan_core.data import ShardedBatches
 from gan_core.privacy import KEY, _optimizer, make_private
 from gan_core.replicas import ReplicaMismatch, check_replicas
 from gan_core.train import build_state, distribute, train
-from servers import free_port
+from gloo import ranks
 
 N = 96  # training images
 C = 1.0  # max_grad_norm
@@ -45,63 +43,38 @@ def _rows(d_in: int) -> torch.Tensor:
     return rows * torch.linspace(0.05, 2, 8)[:, None]
 
 
-def _gradient_worker(rank: int, port: int, out) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+def _gradient_rank(rank: int):
+    clean = _update(_rows(6)[rank * 4:(rank + 1) * 4], 0.0, 6)
+    torch.manual_seed(100 + rank)  # distinct streams: only rank 0's may reach the update
+    noise = _update(torch.zeros(4, 4000), 1.0, 4000)  # zero input: zero gradients, the update is the noise
+    # numpy, not tensors: a tensor crosses the queue as a shared-memory handle that dies with this process
+    return clean.numpy(), noise.numpy()
+
+
+def _dcgan_rank(rank: int):
+    cfg = tiny_config(model={"arch": "dcgan"}, train={"steps": 4, "batch_size": 16, "num_workers": 2,
+                                                      "log_every": 2, "checkpoint_every": 4},
+                      privacy={"enabled": True, "noise_multiplier": 1.0})
+    torch.manual_seed(0)  # identical initial weights on both ranks, as the Ray worker does
+    state = build_state(cfg)
+    make_private(state, cfg, N)
+    distribute(state, 2)
+    torch.manual_seed(1 + rank)
+    images, _ = blobs(N)
+    batches = ShardedBatches({"images": torch.from_numpy(images)}, cfg.train.per_worker_batch, rank, 2, 0)
+    train(state, batches.from_step(0), cfg)
     try:
-        torch.set_num_threads(1)
-        clean = _update(_rows(6)[rank * 4:(rank + 1) * 4], 0.0, 6)
-        torch.manual_seed(100 + rank)  # distinct streams: only rank 0's may reach the update
-        noise = _update(torch.zeros(4, 4000), 1.0, 4000)  # zero input: zero gradients, the update is the noise
-        out.put((rank, clean, noise))
-    finally:
-        dist.destroy_process_group()
-
-
-def _dcgan_worker(rank: int, port: int, out) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        torch.set_num_threads(1)
-        cfg = tiny_config(model={"arch": "dcgan"}, train={"steps": 4, "batch_size": 16, "num_workers": 2,
-                                                          "log_every": 2, "checkpoint_every": 4},
-                          privacy={"enabled": True, "noise_multiplier": 1.0})
-        torch.manual_seed(0)  # identical initial weights on both ranks, as the Ray worker does
-        state = build_state(cfg)
-        make_private(state, cfg, N)
-        distribute(state, 2)
-        torch.manual_seed(1 + rank)
-        images, _ = blobs(N)
-        batches = ShardedBatches({"images": torch.from_numpy(images)}, cfg.train.per_worker_batch, rank, 2, 0)
-        train(state, batches.from_step(0), cfg)
-        try:
-            check_replicas({"G": state.G, "D": state.D, "G_ema": state.G_ema}, state.step)
-            verdict = "equal"
-        except ReplicaMismatch as e:
-            verdict = str(e)
-        out.put((rank, verdict, type(state.D).__name__, state.extra[KEY]))
-    finally:
-        dist.destroy_process_group()
-
-
-def _spawn(target) -> dict:
-    ctx = mp.get_context("spawn")
-    out, port = ctx.Queue(), free_port()
-    procs = [ctx.Process(target=target, args=(r, port, out)) for r in (0, 1)]
-    for p in procs:
-        p.start()
-    results = {}
-    for _ in procs:
-        rank, *rest = out.get(timeout=120)
-        results[rank] = rest
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
-    return results
+        check_replicas({"G": state.G, "D": state.D, "G_ema": state.G_ema}, state.step)
+        verdict = "equal"
+    except ReplicaMismatch as e:
+        verdict = str(e)
+    return verdict, type(state.D).__name__, state.extra[KEY]
 
 
 @pytest.mark.timeout(300)
 def test_two_ranks_clip_per_sample_and_add_one_process_noise():
-    results = _spawn(_gradient_worker)
-    (clean0, noise0), (clean1, noise1) = results[0], results[1]
+    results = ranks(_gradient_rank)
+    (clean0, noise0), (clean1, noise1) = (map(torch.from_numpy, results[r]) for r in (0, 1))
     single = _update(_rows(6), 0.0, 6)  # one process, the union batch of 8 rows, no noise
     assert torch.allclose(clean0, single, atol=1e-6) and torch.equal(clean0, clean1)
     assert torch.equal(noise0, noise1)  # both ranks took the same step
@@ -111,7 +84,7 @@ def test_two_ranks_clip_per_sample_and_add_one_process_noise():
 
 @pytest.mark.timeout(300)
 def test_a_dp_dcgan_under_ddp_keeps_one_replica_and_accounts_the_global_batch():
-    results = _spawn(_dcgan_worker)
+    results = ranks(_dcgan_rank)
     for rank in (0, 1):
         verdict, d_type, rec = results[rank]
         assert verdict == "equal", verdict

@@ -3,50 +3,33 @@ check passes while gradients are averaged and fails, naming the network, when th
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from conftest import blobs, tiny_config
 from gan_core.replicas import ReplicaMismatch, check_replicas, digest
 from gan_core.train import build_state, distribute, train
-from servers import free_port
+from gloo import ranks
 
 
-def _worker(rank: int, port: int, averaged: bool, out) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+def _rank(rank: int, averaged: bool) -> str:
+    cfg = tiny_config(train={"steps": 6, "batch_size": 16, "num_workers": 2})
+    torch.manual_seed(0)  # identical initial weights on both ranks, as the Ray worker does
+    state = distribute(build_state(cfg, "cpu"), 2)
+    torch.manual_seed(1 + rank)  # distinct latent streams and batches
+    images, labels = blobs(64)
+    x = torch.from_numpy(images).float().div(127.5).sub(1.0)[rank::2]
+    batches = ({"images": x[i % 4 * 8:(i % 4 + 1) * 8]} for i in range(100))
+    if not averaged:  # every backward skips DDP's all-reduce: each rank steps on its own gradients
+        state.G.require_backward_grad_sync = state.D.require_backward_grad_sync = False  # = no_sync()
+    train(state, batches, cfg)
     try:
-        torch.set_num_threads(1)
-        cfg = tiny_config(train={"steps": 6, "batch_size": 16, "num_workers": 2})
-        torch.manual_seed(0)  # identical initial weights on both ranks, as the Ray worker does
-        state = distribute(build_state(cfg, "cpu"), 2)
-        torch.manual_seed(1 + rank)  # distinct latent streams and batches
-        images, labels = blobs(64)
-        x = torch.from_numpy(images).float().div(127.5).sub(1.0)[rank::2]
-        batches = ({"images": x[i % 4 * 8:(i % 4 + 1) * 8]} for i in range(100))
-        if not averaged:  # every backward skips DDP's all-reduce: each rank steps on its own gradients
-            state.G.require_backward_grad_sync = state.D.require_backward_grad_sync = False  # = no_sync()
-        train(state, batches, cfg)
-        try:
-            check_replicas({"G": state.G, "D": state.D, "G_ema": state.G_ema}, state.step)
-            out.put((rank, "equal"))
-        except ReplicaMismatch as e:
-            out.put((rank, str(e)))
-    finally:
-        dist.destroy_process_group()
+        check_replicas({"G": state.G, "D": state.D, "G_ema": state.G_ema}, state.step)
+        return "equal"
+    except ReplicaMismatch as e:
+        return str(e)
 
 
 def _run(averaged: bool) -> dict[int, str]:
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, port, averaged, out)) for r in (0, 1)]
-    for p in procs:
-        p.start()
-    results = dict(out.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
-    return results
+    return ranks(_rank, averaged)
 
 
 @pytest.mark.timeout(300)

@@ -186,43 +186,27 @@ def test_the_rotation_terms_add_no_host_sync(arch, monkeypatch):
 
 
 # ---- DDP ----------------------------------------------------------------------------------------------
-def _ddp_worker(rank: int, port: int, out) -> None:
-    import torch.distributed as dist
-
+def _ddp_rank(rank: int) -> bool:
     from gan_core.replicas import check_replicas
     from gan_core.train import distribute
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        torch.set_num_threads(1)
-        cfg = tiny_config(model=SSL, train={"steps": 4, "batch_size": 16, "num_workers": 2})
-        torch.manual_seed(0)  # identical initial weights on both ranks, as the Ray worker does
-        state = distribute(build_state(cfg, "cpu"), 2)
-        start = state.D.module.ssl_head.weight.detach().clone()
-        torch.manual_seed(1 + rank)
-        images, _ = blobs(64)
-        x = torch.from_numpy(images)[rank::2]
-        train(state, ({"images": x[i % 4 * 8:(i % 4 + 1) * 8]} for i in range(100)), cfg)
-        check_replicas({"G": state.G, "D": state.D}, state.step)  # raises if the head's grads were not averaged
-        out.put((rank, not torch.equal(start, state.D.module.ssl_head.weight)))
-    finally:
-        dist.destroy_process_group()
+
+    cfg = tiny_config(model=SSL, train={"steps": 4, "batch_size": 16, "num_workers": 2})
+    torch.manual_seed(0)  # identical initial weights on both ranks, as the Ray worker does
+    state = distribute(build_state(cfg, "cpu"), 2)
+    start = state.D.module.ssl_head.weight.detach().clone()
+    torch.manual_seed(1 + rank)
+    images, _ = blobs(64)
+    x = torch.from_numpy(images)[rank::2]
+    train(state, ({"images": x[i % 4 * 8:(i % 4 + 1) * 8]} for i in range(100)), cfg)
+    check_replicas({"G": state.G, "D": state.D}, state.step)  # raises if the head's grads were not averaged
+    return not torch.equal(start, state.D.module.ssl_head.weight)
 
 
 @pytest.mark.timeout(300)
 def test_ddp_averages_the_head_like_the_rest_of_d():
-    import torch.multiprocessing as mp
+    from gloo import ranks
 
-    from servers import free_port
-    ctx = mp.get_context("spawn")
-    out, port = ctx.Queue(), free_port()
-    procs = [ctx.Process(target=_ddp_worker, args=(r, port, out)) for r in (0, 1)]
-    for p in procs:
-        p.start()
-    results = dict(out.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
-    assert results == {0: True, 1: True}
+    assert ranks(_ddp_rank) == {0: True, 1: True}
 
 
 # ---- learning -----------------------------------------------------------------------------------------

@@ -363,44 +363,27 @@ def test_prepared_captioned_dataset_builds_and_serves_the_text_evaluator(tmp_pat
 
 
 # ---------------------------------------------------------------- DDP
-def _ddp_worker(rank: int, port: int, out) -> None:
-    import torch.distributed as dist
-
+def _ddp_rank(rank: int) -> tuple[int, int]:
     from gan_core.config import PipelineConfig
     from gan_core.replicas import check_replicas
     from gan_core.train import build_state, distribute, train
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        torch.set_num_threads(1)
-        cfg = PipelineConfig.from_dict({**TINY, "train": {"steps": 4, "batch_size": 16, "num_workers": 2}})
-        torch.manual_seed(0)  # identical initial weights on both ranks, as the Ray worker does
-        state = distribute(build_state(cfg, "cpu"), 2)
-        torch.manual_seed(1 + rank)
-        d = shapes_data(n=64, heldout=0)
-        rows = torch.arange(rank, 64, 2)
-        train(state, (batch_of(d, rows[i % 4 * 8:(i % 4 + 1) * 8]) for i in range(100)), cfg)
-        check_replicas({"G": state.G, "D": state.D}, state.step)  # raises where gradients were not averaged
-        out.put((rank, (state.step, state.extra["stage"])))
-    finally:
-        dist.destroy_process_group()
+    cfg = PipelineConfig.from_dict({**TINY, "train": {"steps": 4, "batch_size": 16, "num_workers": 2}})
+    torch.manual_seed(0)  # identical initial weights on both ranks, as the Ray worker does
+    state = distribute(build_state(cfg, "cpu"), 2)
+    torch.manual_seed(1 + rank)
+    d = shapes_data(n=64, heldout=0)
+    rows = torch.arange(rank, 64, 2)
+    train(state, (batch_of(d, rows[i % 4 * 8:(i % 4 + 1) * 8]) for i in range(100)), cfg)
+    check_replicas({"G": state.G, "D": state.D}, state.step)  # raises where gradients were not averaged
+    return state.step, state.extra["stage"]
 
 
 @pytest.mark.timeout(300)
 def test_ddp_trains_both_stages_with_replicas_in_step():
-    import torch.multiprocessing as mp
+    from gloo import ranks
 
-    from servers import free_port
-    ctx = mp.get_context("spawn")
-    out, port = ctx.Queue(), free_port()
-    procs = [ctx.Process(target=_ddp_worker, args=(r, port, out)) for r in (0, 1)]
-    for p in procs:
-        p.start()
-    results = dict(out.get(timeout=240) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
-    assert results == {0: (4, 2), 1: (4, 2)}
+    assert ranks(_ddp_rank) == {0: (4, 2), 1: (4, 2)}
 
 
 # ---------------------------------------------------------------- text alignment
