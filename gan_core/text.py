@@ -96,7 +96,10 @@ def draw_text(G, meta: dict | None, text: str | None, n: int, seed: int, batch_s
     if not meta.get("vocabulary"):
         raise CaptionError("this model carries no vocabulary (trained outside the pipeline?): cannot tokenise --text")
     vocab = Vocabulary.from_dict(meta["vocabulary"], "the model's vocabulary")
-    ids = torch.from_numpy(vocab.encode(text))
+    try:
+        ids = torch.from_numpy(vocab.encode(text))
+    except CaptionError as e:  # the caption came from the command line: say which option
+        raise CaptionError(f"--text: {e}") from None
     known = set(vocab.tokens)
     unknown = [w for w in words(text) if w not in known]
     z = torch.randn(n, G.latent.z_dim, generator=torch.Generator().manual_seed(seed))

@@ -103,8 +103,8 @@ def test_run_twice_registers_gates_and_versions(tmp_path):
     assert {"ray_start", "ray_train_fit", "mlflow_run", "dvc", "evaluation", "flow_body"} <= set(o["recorded_s"])
     assert 0 < o["orchestration_s"] < o["wall_s"] and (tmp_path / "bench" / "orchestration.md").is_file()
 
-    # second run: prepare skipped, a new candidate, alias moves only if it is better
-    second = ganpipe(ws, "run", "train.steps=80")
+    # second run: prepare skipped, a new candidate (with D's rotation pretext task), alias moves only if better
+    second = ganpipe(ws, "run", "train.steps=80", "model.ssl=rotation")
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "prepare:        skipped (unchanged)" in second.stdout
     assert "[2/4] train done in" in second.stderr and "\x1b" not in second.stderr + second.stdout  # no TTY: no bar
@@ -115,7 +115,11 @@ def test_run_twice_registers_gates_and_versions(tmp_path):
     fid1, fid2 = float(v.tags["eval.fid"]), float(reg2["fid"])
     champion = str(c.get_registered_model(MODEL).aliases["champion"])
     assert champion == ("2" if fid2 < fid1 else "1")
-    assert c.get_model_version(MODEL, "2").tags["promotion.reason"] == reg2["reason"]
+    v2 = c.get_model_version(MODEL, "2")
+    assert v2.tags["promotion.reason"] == reg2["reason"]
+    assert c.get_run(v2.run_id).data.params["model.ssl"] == "rotation"  # the option is in the lineage
+    rotation = c.get_metric_history(v2.run_id, "train/rot_acc_real")  # and its head trained
+    assert [m.step for m in rotation] == [10, 20, 30, 40, 50, 60, 70, 80] and all(0 <= m.value <= 1 for m in rotation)
     assert json.loads(_dvc(ws, "status", "--json").stdout) == {}
 
 

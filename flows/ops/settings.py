@@ -128,6 +128,8 @@ def configure_environment(s: Settings) -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     os.environ.setdefault("MLFLOW_TRACKING_URI", s.mlflow_uri)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # a tqdm bar per model load; the commands print their own progress, and a bar on stderr reads as noise
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     # measured: each ray.train.report blocks ~2 s at the default 2 s health-check interval
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
