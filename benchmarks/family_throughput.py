@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.report import table, write_report  # noqa: E402
 from benchmarks.train_throughput import Rates, cpu_peak_gflops, steady  # noqa: E402
 from gan_core.config import PipelineConfig  # noqa: E402
-from gan_core.data import ShardedBatches  # noqa: E402
+from gan_core.batches import ShardedBatches  # noqa: E402
 from gan_core.models import ARCHS  # noqa: E402
 from gan_core.train import build_state, train  # noqa: E402
 

@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.report import table, write_report  # noqa: E402
 from flows.ops.settings import Settings, configure_environment  # noqa: E402
 from gan_core.config import PipelineConfig  # noqa: E402
-from gan_core.data import ShardedBatches, load_prepared  # noqa: E402
+from gan_core.batches import ShardedBatches  # noqa: E402
+from gan_core.data import load_prepared  # noqa: E402
 from gan_core.state import Callback  # noqa: E402
 from gan_core.train import build_state, train  # noqa: E402
 

@@ -21,7 +21,8 @@ from sklearn.metrics import roc_auc_score
 
 from flows.data.sources import read_builtin
 from gan_core.config import PipelineConfig
-from gan_core.data import ShardedBatches, normalise_images, to_float, write_prepared
+from gan_core.batches import ShardedBatches
+from gan_core.data import normalise_images, to_float, write_prepared
 from gan_core.metrics.evaluator import build_evaluator, load_evaluator
 from gan_core.privacy import KEY, make_private
 from gan_core.train import build_state, train

@@ -21,12 +21,11 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DistributedSampler
 
 from gan_core.captions import CaptionError, Vocabulary, counts_of, encode_all
 from gan_core.files import canonical_json, file_sha256, replace_dir, room_for, write_json_atomic
@@ -269,27 +268,38 @@ def load_manifest(data_dir: str | Path) -> dict:
     return manifest
 
 
-def load_prepared(data_dir: str | Path, verify: bool = True) -> PreparedDataset:
-    """Read a prepared dataset; with verify, refuse files whose bytes differ from the manifest."""
+def load_prepared(data_dir: str | Path, verify: bool = True, mmap: bool = False) -> PreparedDataset:
+    """Read a prepared dataset; with verify, refuse files whose bytes differ from the manifest.
+
+    With mmap the .npy arrays are read-only np.memmap views of the files: pages are read from the
+    page cache when a row is touched, and clean file pages are not the process's own memory (the
+    kernel drops them under pressure; RLIMIT_DATA does not count them). Training uses it, so a rank
+    holds only the rows of its batches (ShardedBatches). The default stays in memory: evaluation,
+    prepare and tests hand slices to torch.from_numpy and write into them, which a read-only map
+    refuses, and what they read (held-out rows, small datasets) fits in memory anyway."""
     data_dir = Path(data_dir)
     manifest = load_manifest(data_dir)
     for name, expected in manifest["files"].items():
-        if verify and file_sha256(data_dir / name) != expected:
+        if verify and file_sha256(data_dir / name) != expected:  # streams 1 MiB chunks, never the whole file
             raise DataError(f"{data_dir / name}: sha256 differs from manifest.json (corrupt or edited)")
-    images = np.load(data_dir / "images.npy", allow_pickle=False)
-    labels = np.load(data_dir / "labels.npy", allow_pickle=False) if "labels.npy" in manifest["files"] else None
+    load = lambda name: _load_npy(data_dir / name, mmap) if name in manifest["files"] else None  # noqa: E731
+    images, labels = _load_npy(data_dir / "images.npy", mmap), load("labels.npy")
     validate(images, labels)
-    images_b = np.load(data_dir / "images_b.npy", allow_pickle=False) if "images_b.npy" in manifest["files"] else None
+    images_b = load("images_b.npy")
     if images_b is not None:
         validate(images_b, None)
     if "captions.npy" not in manifest["files"]:
         return PreparedDataset(images, labels, manifest, images_b)
-    c = load_captions(data_dir, manifest)
+    c = load_captions(data_dir, manifest, mmap)
     validate_captions(c, len(images))
     return PreparedDataset(images, labels, manifest, images_b, c.tokens, c.attributes, c.vocabulary, c.texts)
 
 
-def load_captions(data_dir: Path, manifest: dict) -> CaptionData:
+def _load_npy(path: Path, mmap: bool) -> np.ndarray:
+    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+
+def load_captions(data_dir: Path, manifest: dict, mmap: bool = False) -> CaptionData:
     vocab_path = data_dir / "vocab.json"
     try:
         vocab = Vocabulary.from_dict(json.loads(vocab_path.read_text()), str(vocab_path))
@@ -297,10 +307,9 @@ def load_captions(data_dir: Path, manifest: dict) -> CaptionData:
         raise DataError(str(e)) from None
     if vocabulary_sha256(vocab) != manifest.get("vocabulary", {}).get("sha256"):
         raise DataError(f"{vocab_path}: vocabulary differs from the one manifest.json records")
-    tokens = np.load(data_dir / "captions.npy", allow_pickle=False)
+    tokens = _load_npy(data_dir / "captions.npy", mmap)
     texts = json.loads((data_dir / "captions.json").read_text())
-    attributes = (np.load(data_dir / "attributes.npy", allow_pickle=False)
-                  if "attributes.npy" in manifest["files"] else None)
+    attributes = _load_npy(data_dir / "attributes.npy", mmap) if "attributes.npy" in manifest["files"] else None
     info = manifest.get("attributes")
     names = dict(zip(info["names"], info["values"])) if info else None
     return CaptionData(tokens, texts, vocab, attributes, names)
@@ -316,58 +325,11 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return images.add(1.0).mul(127.5).round_().clamp_(0, 255).to(torch.uint8)
 
 
-class ShardedBatches:
-    """Endless per-worker batches (dicts of uint8 tensors) drawn by torch's DistributedSampler,
-    resumable from a step.
-
-    `aligned` arrays share one index (images with their labels, or with their pairs in paired data);
-    `independent` arrays (the second domain of unpaired data) are drawn by a sampler of their own, so
-    no pairing between the domains is ever implied. Each epoch every worker sees a disjoint shard;
-    `epoch` and the position inside it follow from the step alone, so a resumed run continues with
-    exactly the batches the original would have seen.
-    """
-
-    def __init__(self, aligned: dict[str, torch.Tensor], batch_size: int, rank: int, world: int, seed: int,
-                 independent: dict[str, torch.Tensor] | None = None):
-        self.aligned, self.independent, self.batch_size = aligned, independent or {}, batch_size
-        self._order: dict[int, tuple[int, torch.Tensor]] = {}
-        self.per_epoch, self.sampler = self._sampler(aligned, rank, world, seed)
-        self.per_epoch_b, self.sampler_b = (self._sampler(self.independent, rank, world, seed + 1)
-                                            if self.independent else (0, None))
-
-    def _sampler(self, arrays: dict[str, torch.Tensor], rank: int, world: int, seed: int):
-        n = len(next(iter(arrays.values())))
-        sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed,
-                                     drop_last=True)
-        per_epoch = len(sampler) // self.batch_size
-        if per_epoch == 0:
-            raise DataError(f"{'/'.join(arrays)}: {n} training images are smaller than one batch of "
-                            f"{self.batch_size} per worker x {world} workers")
-        return per_epoch, sampler
-
-    def _rows(self, sampler: DistributedSampler, epoch: int, b: int) -> torch.Tensor:
-        cached = self._order.get(id(sampler))
-        if cached is None or cached[0] != epoch:  # one permutation per epoch, not per batch
-            sampler.set_epoch(epoch)
-            cached = self._order[id(sampler)] = (epoch, torch.tensor(list(sampler), dtype=torch.long))
-        return cached[1][b * self.batch_size:(b + 1) * self.batch_size]
-
-    def from_step(self, step: int) -> Iterator[dict[str, torch.Tensor]]:
-        k = step  # the global batch number, which also places the independent sampler
-        while True:
-            epoch, b = divmod(k, self.per_epoch)
-            sel = self._rows(self.sampler, epoch, b)
-            batch = {name: a[sel] for name, a in self.aligned.items()}
-            if self.sampler_b is not None:
-                sel_b = self._rows(self.sampler_b, *divmod(k, self.per_epoch_b))
-                batch.update({name: a[sel_b] for name, a in self.independent.items()})
-            yield batch
-            k += 1
-
-
 def training_arrays(data: PreparedDataset) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(aligned, independent) arrays a family trains on, without the held-out rows: images with
-    labels or with their paired images_b; an unpaired dataset's images_b on their own."""
+    labels or with their paired images_b; an unpaired dataset's images_b on their own. Slices only:
+    the arrays of a memory-mapped dataset stay views of its files (nothing is read here but captions,
+    whose per-row counts are small)."""
     keep = lambda a: a[:len(a) - data.heldout] if data.heldout else a  # noqa: E731
     aligned = {"images": keep(data.images)}
     if data.labels is not None:

@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import blobs, tiny_config  # noqa: E402
 from gan_core.checkpoint import load_checkpoint, rebuild, restore, rng_state, save_checkpoint, to_checkpoint  # noqa: E402
 from gan_core.config import ConfigError, PipelineConfig  # noqa: E402
-from gan_core.data import ShardedBatches, load_prepared, training_arrays, write_prepared  # noqa: E402
+from gan_core.batches import ShardedBatches  # noqa: E402
+from gan_core.data import load_prepared, training_arrays, write_prepared  # noqa: E402
 from gan_core.metrics.latent_match import mmd_test  # noqa: E402
 from gan_core.models import aae  # noqa: E402
 from gan_core.train import build_state, train  # noqa: E402

@@ -8,7 +8,7 @@ import torch
 from conftest import blobs, tiny_config
 from gan_core.checkpoint import (CheckpointError, load_checkpoint, rebuild, restore, rng_state, save_checkpoint,
                                  sidecar_path, to_checkpoint)
-from gan_core.data import ShardedBatches
+from gan_core.batches import ShardedBatches
 from gan_core.train import build_state, train
 
 

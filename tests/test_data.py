@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from conftest import blobs
-from gan_core.data import (DataError, ShardedBatches, content_hash, load_prepared, normalise_images, to_float,
-                           to_uint8, write_prepared)
+from gan_core.batches import ShardedBatches
+from gan_core.data import DataError, content_hash, load_prepared, normalise_images, to_float, to_uint8, write_prepared
 
 
 def test_write_and_load_round_trip_with_manifest(tmp_path):

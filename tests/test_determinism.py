@@ -11,7 +11,7 @@ import torch
 from conftest import tiny_config
 from gan_core import determinism
 from gan_core.config import PipelineConfig
-from gan_core.data import ShardedBatches
+from gan_core.batches import ShardedBatches
 from gan_core.train import build_state, train
 
 

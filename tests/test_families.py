@@ -8,7 +8,7 @@ import torch
 from conftest import blobs, tiny_config
 from gan_core.checkpoint import load_checkpoint, rebuild, rng_state, save_checkpoint, to_checkpoint
 from gan_core.config import ConfigError, PipelineConfig
-from gan_core.data import ShardedBatches
+from gan_core.batches import ShardedBatches
 from gan_core.models import ARCHS, get_family
 from gan_core.steps import split_d
 from gan_core.train import batch_position, build_state, train

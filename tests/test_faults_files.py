@@ -21,7 +21,7 @@ import torch
 from conftest import blobs, tiny_config
 from gan_core.checkpoint import (FORMAT, CheckpointError, load_checkpoint, rebuild, restore, rng_state,
                                  save_checkpoint, sidecar_path, to_checkpoint)
-from gan_core.data import ShardedBatches
+from gan_core.batches import ShardedBatches
 from gan_core.train import batch_position, build_state, train
 
 FULL = {"steps": 8, "log_every": 4, "checkpoint_every": 4}

@@ -17,7 +17,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import blobs, tiny_config
-from gan_core.data import ShardedBatches
+from gan_core.batches import ShardedBatches
 from gan_core.state import Callback
 from gan_core.train import build_state, train
 from s3server import BIN, free_port

@@ -6,7 +6,7 @@ import torch
 from conftest import blobs
 from gan_core.checkpoint import load_checkpoint, restore, rng_state, save_checkpoint, to_checkpoint
 from gan_core.config import PipelineConfig
-from gan_core.data import ShardedBatches
+from gan_core.batches import ShardedBatches
 from gan_core.state import Callback
 from gan_core.train import batch_position, build_state, schedule, train
 

@@ -32,7 +32,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import blobs  # noqa: E402
 from gan_core.config import PipelineConfig  # noqa: E402
-from gan_core.data import ShardedBatches, load_prepared, write_prepared  # noqa: E402
+from gan_core.batches import ShardedBatches  # noqa: E402
+from gan_core.data import load_prepared, write_prepared  # noqa: E402
 from gan_core.metrics.evaluator import build_evaluator, load_evaluator  # noqa: E402
 from gan_core.train import build_state, train  # noqa: E402
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from conftest import blobs, tiny_config
-from gan_core.data import ShardedBatches, load_manifest
+from gan_core.batches import ShardedBatches
+from gan_core.data import load_manifest
 from gan_core.metrics.evaluator import load_evaluator
 from gan_core.metrics.monitor import FIDMonitor
 from gan_core.state import Callback

@@ -16,7 +16,7 @@ from flows.registry.gate import BUDGET_ENV, epsilon_budget, epsilon_of, privacy_
 from flows.registry.promotion import Version, refusal
 from gan_core.checkpoint import load_checkpoint, restore, rng_state, save_checkpoint, to_checkpoint
 from gan_core.config import ConfigError
-from gan_core.data import ShardedBatches
+from gan_core.batches import ShardedBatches
 from gan_core.phases import set_requires_grad
 from gan_core.privacy import KEY, TAGS, make_private, summary
 from gan_core.state import Callback

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import blobs, tiny_config
-from gan_core.data import ShardedBatches
+from gan_core.batches import ShardedBatches
 from gan_core.privacy import KEY, _optimizer, make_private
 from gan_core.replicas import ReplicaMismatch, check_replicas
 from gan_core.train import build_state, distribute, train

@@ -25,7 +25,7 @@ from conftest import blobs, tiny_config  # noqa: E402
 from gan_core.checkpoint import (load_checkpoint, rebuild, restore, rng_state, save_checkpoint,  # noqa: E402
                                  to_checkpoint)
 from gan_core.config import ConfigError, PipelineConfig  # noqa: E402
-from gan_core.data import ShardedBatches  # noqa: E402
+from gan_core.batches import ShardedBatches  # noqa: E402
 from gan_core.models import ARCHS  # noqa: E402
 from gan_core.ssl import RotationHead, features, rotated, rotation_accuracy  # noqa: E402
 from gan_core.state import Callback  # noqa: E402

@@ -5,7 +5,7 @@ import torch
 
 from conftest import blobs, tiny_config
 from gan_core.config import ConfigError
-from gan_core.data import ShardedBatches
+from gan_core.batches import ShardedBatches
 from gan_core.steps import unwrap
 from gan_core.state import Callback
 from gan_core.train import DivergedError, build_state, ema_update, train

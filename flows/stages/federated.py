@@ -11,7 +11,7 @@ example count; the server averages them (gan_core.federated.fedavg, weighted by 
 round to MLflow and writes a normal checkpoint (gan_core.checkpoint) to the run's storage, so a rerun
 resumes from the last round and evaluate / gate / register run unchanged on the final one.
 
-Where the data is: a client reads the prepared dataset from disk itself and keeps only its shard,
+Where the data is: a client maps the prepared dataset from disk itself and reads only its shard,
 which it computes from the seed (gan_core.federated.shard_rows). The driver sends a path, a client
 number and weights, and receives weights and numbers: it never reads images or labels (only the
 manifest's class count). `tap` sees every message either way (tests/test_federated.py checks them).
@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from flows.ops.drills import seam
@@ -74,13 +75,14 @@ class FederatedClient:
     """One data holder: its shard, its networks and optimizers, kept across rounds."""
 
     def __init__(self, spec: dict):
-        from gan_core.data import ShardedBatches, load_prepared, training_arrays
+        from gan_core.batches import RowSubset, ShardedBatches
+        from gan_core.data import load_prepared, training_arrays
         from gan_core.train import build_state
 
         self.cfg = cfg = PipelineConfig.from_dict(spec["pipeline"])
         self.client, self.fault, self.marker = spec["client"], spec.get("fault", ""), spec.get("fault_marker")
         torch.set_num_threads(spec["threads"])
-        data = load_prepared(spec["data_dir"])  # verifies every file against the manifest
+        data = load_prepared(spec["data_dir"], mmap=True)  # verifies every file against the manifest
         if data.manifest["content_sha256"] != spec["data_sha256"]:
             raise FederationError(f"client {self.client}: {spec['data_dir']} is not dataset {spec['data_sha256'][:12]}")
         aligned, independent = training_arrays(data)
@@ -89,11 +91,12 @@ class FederatedClient:
         # the second domain of unpaired data has rows of its own: an iid share of those
         rows_b = (shard_rows(len(next(iter(independent.values()))), None, dataclasses.replace(f, split="iid"),
                              seed + 1)[self.client] if independent else None)
-        own = {k: torch.from_numpy(a[rows].copy()) for k, a in aligned.items()}
-        own_b = {k: torch.from_numpy(a[rows_b].copy()) for k, a in independent.items()}
+        # the shard stays in the memory-mapped files: a batch reads its rows (ShardedBatches), nothing else
+        own = {k: RowSubset(a, rows) for k, a in aligned.items()}
+        own_b = {k: RowSubset(a, rows_b) for k, a in independent.items()}
         self.examples = len(rows)
-        self.classes = sorted({int(c) for c in own["labels"].tolist()}) if "labels" in own else []
-        del data, aligned, independent  # only the shard stays in this process
+        self.classes = [int(c) for c in np.unique(aligned["labels"][rows])] if "labels" in aligned else []
+        del data, aligned, independent  # the maps stay alive through `own`; no array of the whole set is held
         torch.manual_seed(seed)  # the same initial weights as the server's
         self.state = build_state(cfg, "cpu", spec["num_classes"])
         torch.manual_seed(seed * 1_000_003 + self.client + 1)  # a latent stream of its own

@@ -17,7 +17,8 @@ from flows.stages.verdict import Verdict
 from gan_core.checkpoint import gather, gather_rng_states, restore, save_checkpoint, to_checkpoint
 from gan_core import determinism
 from gan_core.config import PipelineConfig
-from gan_core.data import ShardedBatches, load_manifest, load_prepared, training_arrays
+from gan_core.batches import ShardedBatches
+from gan_core.data import load_manifest, load_prepared, training_arrays
 from gan_core.text import attach_vocabulary
 from gan_core.files import replace_dir
 from gan_core.replicas import check_replicas
@@ -99,7 +100,7 @@ def train_loop_per_worker(config: dict) -> None:
         torch.cuda.set_device(device)  # NCCL collectives (the RNG gather) use the current device
 
     data_dir = local_dataset(config)
-    data = load_prepared(data_dir)
+    data = load_prepared(data_dir, mmap=True)  # a rank reads only its batches' rows (ShardedBatches)
     nodes = node_ids(world)
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     state = build_state(cfg, device, data.num_classes)
@@ -112,9 +113,9 @@ def train_loop_per_worker(config: dict) -> None:
     if world > 1:
         distribute(state, world)
 
-    aligned, independent = (
-        {k: torch.from_numpy(a).to(device) for k, a in arrays.items()} for arrays in training_arrays(data))
-    batches = ShardedBatches(aligned, cfg.train.per_worker_batch, rank, world, cfg.train.seed, independent)
+    aligned, independent = training_arrays(data)  # views of the files: no whole-array copy, on host or device
+    batches = ShardedBatches(aligned, cfg.train.per_worker_batch, rank, world, cfg.train.seed, independent,
+                             device=device)
 
     callbacks: list[Callback] = []
     if config.get("fault_at"):
