@@ -1,7 +1,8 @@
 """Text-to-image through the whole pipeline, as a user runs it:
 `dvc repro` of stackgan on the built-in captioned shapes (prepare with its attribute classifier, Ray
 Train DDP on two workers across the Stage I -> II change, the FID gate with text alignment beside it,
-MLflow registration), then `ganpipe sample --text` of the registered champion. (`model.ssl=rotation`
+MLflow registration; a second `dvc repro` skips all four), then `ganpipe sample --text` of the registered
+champion. (`model.ssl=rotation`
 goes through the pipeline in test_pipeline_e2e's second run.)"""
 import json
 import subprocess
@@ -42,6 +43,9 @@ def test_stackgan_through_dvc_repro_then_sampled_from_text(tmp_path):
     version = c.get_model_version(NAME, "1")
     assert str(c.get_registered_model(NAME).aliases["champion"]) == "1"
     assert version.tags["eval.metric"] == "fid_300" and version.tags["dataset.name"] == "captions"
+    assert version.tags["prefect.flow_run_id"].startswith("none")  # dvc repro runs the stages without Prefect
+    reg = json.loads((ws / "reports" / "registration.json").read_text())
+    assert reg["version"] == "1" and reg["champion"]
     assert len(c.get_run(version.run_id).data.tags["ray.node_ids"].split(",")) == 2  # DDP, two workers
     assert c.get_metric_history(version.run_id, "monitor/alignment_100")  # scored while training too
 
@@ -55,4 +59,7 @@ def test_stackgan_through_dvc_repro_then_sampled_from_text(tmp_path):
     assert odd.returncode == 0 and read_provenance(tmp_path / "p.png")["unknown_words"] == ["purple"], odd.stderr
     bad = ganpipe(ws, "sample", model, "--text", "!!", "--out", str(tmp_path / "x.png"))
     assert bad.returncode != 0 and "--text" in bad.stderr and not (tmp_path / "x.png").exists()
+
+    again = subprocess.run([str(BIN / "dvc"), "repro"], cwd=ws, env=env_for(ws), capture_output=True, text=True)
+    assert again.returncode == 0 and again.stdout.count("didn't change, skipping") == 4, again.stdout
 
