@@ -31,7 +31,7 @@ from gan_core.models import ARCHS
 from gan_core.models.srgan import content_features
 from gan_core.state import Callback
 from gan_core.train import build_state, train
-from tests.conftest import tiny_config
+from conftest import tiny_config
 
 SYNC_OPS = {"aten::_local_scalar_dense", "aten::item", "aten::is_nonzero", "aten::nonzero",
             "aten::nonzero_static", "aten::masked_select", "aten::_unique", "aten::_unique2",

@@ -175,7 +175,7 @@ def test_round_trip_and_exact_resume_include_the_head(tmp_path, one_thread):
 # ---- no host syncs ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("arch", ["cgan"])  # labels regrouped with the turns: the conditional path covers dcgan's
 def test_the_rotation_terms_add_no_host_sync(arch, monkeypatch):
-    import tests.test_host_syncs as hs
+    import test_host_syncs as hs  # tests/ is on sys.path, as for conftest and workspace
 
     plain = hs.config
     monkeypatch.setattr(hs, "config", lambda a: PipelineConfig.from_dict(
