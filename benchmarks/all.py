@@ -29,10 +29,12 @@ from benchmarks.report import table, write_report  # noqa: E402
 SIZES = {
     "family": {"full": ["--steps", "120", "--batch", "64"],
                "small": ["--steps", "40", "--batch", "64", "--flop-steps", "4"],
-               "quick": ["--steps", "4", "--batch", "8", "--resolution", "8", "--archs", "dcgan", "--flop-steps", "1"]},
+               "quick": ["--steps", "4", "--batch", "8", "--resolution", "8", "--archs", "dcgan", "--flop-steps", "1",
+                         "--modes", "fp32,bf16cl", "--quick-peak"]},
     "train": {"full": ["--steps", "400", "--batch", "64", "--workers", "1,2", "--no-one-thread"],
-              "small": ["--steps", "200", "--batch", "64", "--workers", "1,2", "--no-one-thread"],
-              "quick": ["--steps", "8", "--batch", "8", "--workers", "1", "--no-one-thread"]},
+              "small": ["--steps", "200", "--batch", "64", "--workers", "1,2", "--no-one-thread", "--modes", "fp32,bf16cl"],
+              "quick": ["--steps", "8", "--batch", "8", "--resolution", "8", "--channels", "1", "--workers", "1",
+                        "--no-one-thread", "--modes", "fp32", "--quick-peak"]},
     "fid": {"full": ["--n", "2000", "--n-inception", "60"],
             "small": ["--n", "1000", "--n-inception", "20", "--dim", "1024"],
             "quick": ["--n", "64", "--n-inception", "2", "--dim", "64"]},
@@ -64,11 +66,12 @@ def training_section(r: dict) -> list[str]:
 
 
 def family_section(r: dict) -> list[str]:
-    return [f"## Families ({r['resolution']} px, batch {r['global_batch']}, {r['threads']} threads; "
-            f"peak {r['cpu_peak_gflops']:.0f} GFLOP/s = {r['cpu_peak']})", ""] + table(
-        ["family", "images/s", "MFLOP/image/step", "GFLOP/s", "% of peak"],
-        [[k, f"{v['images_per_s']:.0f}", f"{v['flops_per_image'] / 1e6:.1f}", f"{v['gflops']:.1f}",
-          f"{100 * v['fraction_of_peak']:.1f}%"] for k, v in r["rows"].items()])
+    return [f"## Families ({r['resolution']} px, {r.get('channels', 1)} channel(s), batch {r['global_batch']}, "
+            f"{r['threads']} threads; fp32 peak {r['cpu_peak']})", ""] + table(
+        ["family", "mode", "images/s", "vs fp32", "MFLOP/image/step", "GFLOP/s", "% of peak"],
+        [[v["family"], v["mode"], f"{v['images_per_s']:.0f}", f"{v['speed_vs_fp32']:.2f}",
+          f"{v['flops_per_image'] / 1e6:.1f}", f"{v['gflops']:.1f}", f"{100 * v['fraction_of_peak']:.1f}%"]
+         for v in r["rows"].values()])
 
 
 def orchestration_section(r: dict) -> list[str]:

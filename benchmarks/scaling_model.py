@@ -36,14 +36,14 @@ NVLINK_GBPS, IB_GBPS = 450.0, 50.0  # GB/s each way per GPU
 LATENCY_S = {"nvlink": 5e-6, "ib": 10e-6}
 
 
-def param_counts(name: str, resolution: int) -> tuple[int, int, int]:
+def param_counts(name: str, resolution: int, channels: int = 1) -> tuple[int, int, int]:
     """(params of G, params of D, n_critic) of a family_throughput variant at its measured resolution."""
-    from benchmarks.family_throughput import VARIANTS, config
+    from benchmarks.family_throughput import CLASSES, VARIANTS, config
     from gan_core.train import build_state
 
     arch, family = VARIANTS[name]
-    cfg = config(arch, family, 1, PER_GPU_BATCH, resolution, 1)
-    state = build_state(cfg)
+    cfg = config(arch, family, 1, PER_GPU_BATCH, resolution, 1, channels)
+    state = build_state(cfg, n_classes=CLASSES)
     count = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)  # noqa: E731
     return count(state.G), count(state.D), cfg.train.n_critic
 
@@ -84,10 +84,11 @@ def main(argv: list[str] | None = None) -> dict:
                               "flops_from": str(args.families.name), "resolution": measured["resolution"]},
               "families": {}}
     lines = [f"# DDP scaling model, 1-{GPUS[-1]} H100s ({PER_GPU_BATCH} images per GPU per step, "
-             f"{measured['resolution']} px grey FLOPs as measured; {ACHIEVABLE:.0%} of {PEAK_TFLOPS:.0f} TFLOP/s; "
+             f"{measured['resolution']} px {'grey' if measured.get('channels', 1) == 1 else 'RGB'} FLOPs as measured; {ACHIEVABLE:.0%} of {PEAK_TFLOPS:.0f} TFLOP/s; "
              f"step floor {args.floor_ms} ms)", ""]
-    for name, row in measured["rows"].items():
-        g, d, n_critic = param_counts(name, measured["resolution"])
+    # one row per family: its FLOPs per image are the fp32 step's in every numeric mode
+    for name, row in {r["family"]: r for r in measured["rows"].values()}.items():
+        g, d, n_critic = param_counts(name, measured["resolution"], measured.get("channels", 1))
         rows = model(row["flops_per_image"], g, d, n_critic, args.floor_ms / 1e3)
         result["families"][name] = {"params_g": g, "params_d": d, "n_critic": n_critic,
                                     "flops_per_image": row["flops_per_image"], "rows": rows}

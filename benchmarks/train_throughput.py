@@ -1,15 +1,16 @@
 """Training throughput: plain single-process PyTorch vs the product's Ray Train path (1 and 2 workers).
 
-Same DCGAN, same global batch, same data (prepared digits). Throughput is the train loop's own
+Same DCGAN, same global batch, same data (the digits prepared at 32 x 32 RGB by default: the issue's
+size), in fp32 and with the numeric modes of family_throughput.py (channels-last, bf16 autocast). Throughput is the train loop's own
 images/s, measured inside the loop over log windows after a warm-up window, so Ray's start-up is
 reported separately (wall time) and not mixed into the steady-state ratio. The Ray numbers come
 from flows.stages.train.run_training exactly as the pipeline runs it, read back from MLflow.
 
-Achieved GFLOP/s = FLOPs per image (torch's FlopCounterMode over one train step) x images/s.
-Peak = cores x clock x fp32 FLOPs/cycle/core, from /proc/cpuinfo: 2 FMA units x vector lanes x 2
-(AVX-512: 64, AVX2: 32). A VM's reported clock is nominal, so treat the fraction as approximate.
+Achieved GFLOP/s = FLOPs per image (torch's FlopCounterMode over one fp32 train step) x images/s; the
+peak is benchmarks/peak.py's (the larger of the nominal and a measured fp32 convolution rate).
 
-    .venv/bin/python benchmarks/train_throughput.py [--steps 800] [--batch 64] [--workers 1,2] [--no-one-thread]
+    .venv/bin/python benchmarks/train_throughput.py [--steps 800] [--batch 64] [--resolution 32] [--channels 3]
+                                                    [--workers 1,2] [--modes fp32,cl,bf16cl] [--no-one-thread]
 writes benchmarks/results/train_throughput.{json,md}
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,6 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.peak import cpu_peak  # noqa: E402
 from benchmarks.report import table, write_report  # noqa: E402
 from flows.ops.settings import Settings, configure_environment  # noqa: E402
 from gan_core.config import PipelineConfig  # noqa: E402
@@ -37,11 +40,24 @@ from gan_core.data import load_prepared  # noqa: E402
 from gan_core.state import Callback  # noqa: E402
 from gan_core.train import build_state, train  # noqa: E402
 
-def config(steps: int, batch: int, workers: int, threads: int = 0) -> PipelineConfig:
+# numeric modes (train settings), as in family_throughput.py
+MODES = {"fp32": {}, "cl": {"channels_last": True}, "bf16cl": {"bf16": True, "channels_last": True}}
+
+
+@dataclass(frozen=True)
+class Shape:
+    steps: int
+    batch: int
+    resolution: int = 32
+    channels: int = 3
+
+
+def config(sh: Shape, workers: int, threads: int = 0, mode: str = "fp32") -> PipelineConfig:
     """Four log windows or more (the first is the warm-up the steady rate drops), at most every 50 steps."""
-    return PipelineConfig.from_dict({"train": {"steps": steps, "batch_size": batch, "num_workers": workers,
-                                               "threads_per_worker": threads,
-                                               "log_every": max(1, min(50, steps // 4)), "checkpoint_every": steps}})
+    return PipelineConfig.from_dict({
+        "data": {"resolution": sh.resolution, "channels": sh.channels},
+        "train": {"steps": sh.steps, "batch_size": sh.batch, "num_workers": workers, "threads_per_worker": threads,
+                  "log_every": max(1, min(50, sh.steps // 4)), "checkpoint_every": sh.steps, **MODES[mode]}})
 
 
 def steady(rates: list[float]) -> float:
@@ -57,63 +73,57 @@ class Rates(Callback):
         self.rates.append(metrics["images_per_s"])
 
 
-def plain(data_dir: Path, steps: int, batch: int, threads: int) -> dict:
+def plain(data_dir: Path, sh: Shape, threads: int, mode: str = "fp32") -> dict:
     torch.set_num_threads(threads)
-    cfg = config(steps, batch, 1, threads)
+    cfg = config(sh, 1, threads, mode)
     torch.manual_seed(0)
     state = build_state(cfg)
     data = load_prepared(data_dir)
-    batches = ShardedBatches({"images": torch.from_numpy(data.images)}, batch, 0, 1, 0)
+    batches = ShardedBatches({"images": torch.from_numpy(data.images)}, sh.batch, 0, 1, 0)
     rec = Rates()
     t0 = time.perf_counter()
     train(state, batches.from_step(0), cfg, [rec])
-    return {"images_per_s": steady(rec.rates), "wall_s": time.perf_counter() - t0, "threads": threads}
+    return {"images_per_s": steady(rec.rates), "wall_s": time.perf_counter() - t0, "threads": threads, "mode": mode}
 
 
-def through_ray(s: Settings, data_dir: Path, steps: int, batch: int, workers: int, threads: int = 0) -> dict:
+def through_ray(s: Settings, data_dir: Path, sh: Shape, workers: int, threads: int = 0, mode: str = "fp32") -> dict:
     from flows.registry.tracking import client, experiment_id, start_run
     from flows.stages.train import run_training
 
-    cfg = config(steps, batch, workers, threads)
+    cfg = config(sh, workers, threads, mode)
     c = client(s.mlflow_uri)
-    run_id = start_run(c, experiment_id(c, "bench", s.mlflow_artifacts.as_uri()), f"ray-{workers}", cfg, {})
+    run_id = start_run(c, experiment_id(c, "bench", s.mlflow_artifacts.as_uri()), f"ray-{workers}-{mode}", cfg, {})
     t0 = time.perf_counter()
     run_training(s, cfg, str(data_dir), f"bench-{workers}w-{int(t0)}", run_id, {})
     wall = time.perf_counter() - t0
     rates = [m.value for m in sorted(c.get_metric_history(run_id, "train/images_per_s"), key=lambda m: m.step)]
-    return {"images_per_s": steady(rates), "wall_s": wall, "workers": workers,
+    return {"images_per_s": steady(rates), "wall_s": wall, "workers": workers, "mode": mode,
             "threads_per_worker": threads or max(1, (os.cpu_count() or 1) // workers)}
 
 
-def flops_per_image(batch: int) -> float:
-    cfg = config(1, batch, 1)
+def flops_per_image(sh: Shape) -> float:
+    cfg = config(sh, 1)
     state = build_state(cfg)
-    x = torch.randint(0, 255, (batch, 1, 16, 16), dtype=torch.uint8)
+    x = torch.randint(0, 255, (sh.batch, sh.channels, sh.resolution, sh.resolution), dtype=torch.uint8)
     with FlopCounterMode(display=False) as fc:
         state.family.step(state, [{"images": x}], cfg.train)
-    return fc.get_total_flops() / batch
-
-
-def cpu_peak_gflops() -> tuple[float, str]:
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    flags = next((ln for ln in info.splitlines() if ln.startswith("flags")), "")
-    mhz = [float(ln.split(":")[1]) for ln in info.splitlines() if ln.startswith("cpu MHz")]
-    ghz = (max(mhz) / 1000) if mhz else 2.0
-    lanes, isa = (16, "AVX-512") if "avx512f" in flags else ((8, "AVX2+FMA") if "fma" in flags else (4, "SSE"))
-    per_cycle = lanes * 2 * 2  # lanes x FMA (2 FLOPs) x 2 FMA units
-    cores = os.cpu_count() or 1
-    model = next((ln.split(":")[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "?")
-    return cores * ghz * per_cycle, f"{cores} cores x {ghz:.2f} GHz x {per_cycle} FLOP/cycle ({isa}; {model})"
+    return fc.get_total_flops() / sh.batch
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--resolution", type=int, default=32)
+    ap.add_argument("--channels", type=int, default=3)
     ap.add_argument("--workers", default="1,2", help="Ray Train worker counts to compare with the plain loop")
+    ap.add_argument("--modes", default=",".join(MODES),
+                    help="numeric modes: each for the plain loop and for Ray Train at the largest worker count")
     ap.add_argument("--no-one-thread", action="store_true", help="skip the one-thread pair of rows")
+    ap.add_argument("--quick-peak", action="store_true", help="a tiny peak probe (the tests)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args(argv)
+    sh = Shape(args.steps, args.batch, args.resolution, args.channels)
 
     tmp = Path(tempfile.mkdtemp(prefix="ganpipe-bench-"))
     s = Settings(workspace=tmp, home=tmp / "home", mlflow_uri=f"sqlite:///{tmp}/home/mlflow.db",
@@ -121,33 +131,41 @@ def main(argv: list[str] | None = None) -> dict:
     configure_environment(s)
     from flows.stages.prepare import prepare
 
-    data_dir = Path(prepare(s, config(1, args.batch, 1))["path"])
-    cores = os.cpu_count() or 1
-    # the issue's comparison: every core busy with training, in and out of Ray
-    rows = {"plain": plain(data_dir, args.steps, args.batch, cores)}
-    for w in (int(w) for w in args.workers.split(",")):
-        rows[f"ray_{w}w"] = through_ray(s, data_dir, args.steps, args.batch, w)
+    data_dir = Path(prepare(s, config(sh, 1))["path"])
+    cores, modes, workers = os.cpu_count() or 1, args.modes.split(","), [int(w) for w in args.workers.split(",")]
+    # the issue's comparison: every core busy with training, in and out of Ray; fp32 at every worker
+    # count, the other modes at the largest (the product's default, 2)
+    rows = {("plain" if m == "fp32" else f"plain_{m}"): plain(data_dir, sh, cores, m) for m in modes}
+    for w in workers:
+        for m in (modes if w == max(workers) else ["fp32"]):
+            rows[f"ray_{w}w" + ("" if m == "fp32" else f"_{m}")] = through_ray(s, data_dir, sh, w, mode=m)
     # one training thread each, leaving cores for Ray's daemons: the overhead of the Ray path
     # itself, without CPU contention from Ray's own processes (which dominates on 2 cores)
     if cores > 1 and not args.no_one_thread:
-        rows["plain_1thread"] = plain(data_dir, args.steps, args.batch, 1)
-        rows["ray_1w_1thread"] = through_ray(s, data_dir, args.steps, args.batch, 1, threads=1)
+        rows["plain_1thread"] = plain(data_dir, sh, 1)
+        rows["ray_1w_1thread"] = through_ray(s, data_dir, sh, 1, threads=1)
 
-    fpi = flops_per_image(args.batch)
-    peak, peak_desc = cpu_peak_gflops()
+    fpi = flops_per_image(sh)
+    torch.set_num_threads(cores)
+    peak = cpu_peak(args.quick_peak)
     for name, r in rows.items():
-        base = rows["plain_1thread" if name.endswith("1thread") else "plain"]["images_per_s"]
-        r["ratio_vs_plain"] = r["images_per_s"] / base
+        base = rows["plain_1thread" if name.endswith("1thread") else ("plain" if r["mode"] == "fp32" else f"plain_{r['mode']}")]
+        r["ratio_vs_plain"] = r["images_per_s"] / base["images_per_s"]
         r["gflops"] = fpi * r["images_per_s"] / 1e9
-        r["fraction_of_peak"] = r["gflops"] / peak
-    result = {"steps": args.steps, "global_batch": args.batch, "model": "dcgan 16x16 (z 64, widths 64)",
-              "flops_per_image": fpi, "cpu_peak_gflops": peak, "cpu_peak": peak_desc, "torch": torch.__version__,
-              "python": platform.python_version(), "rows": rows, "target_ray_1w_ratio": 0.97,
-              "ray_1w_meets_target": rows["ray_1w"]["ratio_vs_plain"] >= 0.97 if "ray_1w" in rows else None,
-              "note": "ratio_vs_plain of *_1thread rows is against plain_1thread"}
-    lines = [f"# Train throughput ({args.steps} steps, global batch {args.batch}, {result['model']})", "",
-             f"CPU peak: {peak:.0f} GFLOP/s = {peak_desc}; {fpi / 1e6:.2f} MFLOP per image per step", "",
-             "Rows ending in _1thread compare against plain_1thread (one core left to Ray's daemons).", ""]
+        r["fraction_of_peak"] = r["gflops"] / peak.gflops
+    model = f"dcgan {sh.resolution}x{sh.resolution} {'grey' if sh.channels == 1 else 'RGB'}"
+    result = {"steps": sh.steps, "global_batch": sh.batch, "model": model, "flops_per_image": fpi,
+              "cpu_peak_gflops": peak.gflops, "cpu_peak": peak.describe(), "peak": peak.as_dict(),
+              "torch": torch.__version__, "python": platform.python_version(), "rows": rows,
+              "target_fraction_of_peak": 0.35,
+              "note": "ratio_vs_plain: against the plain loop in the same mode (*_1thread: against plain_1thread)"}
+    if "ray_2w" in rows:
+        result["ray_2w_meets_target"] = rows["ray_2w"]["fraction_of_peak"] >= 0.35
+    lines = [f"# Train throughput ({sh.steps} steps, global batch {sh.batch}, {model})", "",
+             f"CPU fp32 peak: {peak.describe()}; {fpi / 1e6:.2f} MFLOP per image per step (fp32 step; bf16 rows "
+             "are counted with the same FLOPs)", "",
+             "ratio vs plain: against the plain loop in the same mode; rows ending in _1thread against plain_1thread "
+             "(one core left to Ray's daemons).", ""]
     lines += table(["path", "images/s (steady)", "ratio vs plain", "GFLOP/s", "% of peak", "wall s (incl. start-up)"],
                    [[name, f"{r['images_per_s']:.0f}", f"{r['ratio_vs_plain']:.3f}", f"{r['gflops']:.2f}",
                      f"{100 * r['fraction_of_peak']:.1f}%", f"{r['wall_s']:.1f}"] for name, r in rows.items()])

@@ -12,17 +12,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def test_family_throughput_reports_images_per_second_and_share_of_peak(tmp_path):
     from benchmarks.family_throughput import main
 
-    result = main(["--steps", "4", "--batch", "8", "--resolution", "8", "--archs", "dcgan,stylegan-v2",
-                   "--flop-steps", "2", "--out", str(tmp_path)])
+    result = main(["--steps", "4", "--batch", "8", "--resolution", "8", "--archs", "dcgan,stylegan-v2,biggan",
+                   "--modes", "fp32,bf16cl", "--flop-steps", "2", "--quick-peak", "--out", str(tmp_path)])
     rows = json.loads((tmp_path / "family_throughput.json").read_text())["rows"]
-    assert set(rows) == {"dcgan", "stylegan-v2"} and rows == result["rows"]
+    assert set(rows) == {f"{f}/{m}" for f in ("dcgan", "stylegan-v2", "biggan") for m in ("fp32", "bf16cl")}
+    assert rows == result["rows"]
     for row in rows.values():
-        assert row["images_per_s"] > 0 and row["flops_per_image"] > 0 and 0 < row["fraction_of_peak"] < 1.5
-    assert rows["dcgan"]["speed_vs_dcgan"] == 1.0
-    assert "| stylegan-v2 |" in (tmp_path / "family_throughput.md").read_text()
+        assert row["images_per_s"] > 0 and row["flops_per_image"] > 0 and row["fraction_of_peak"] > 0
+    assert rows["dcgan/fp32"]["speed_vs_dcgan"] == 1.0 and rows["dcgan/fp32"]["speed_vs_fp32"] == 1.0
+    # a mode's speed-up is against the same family's fp32 row, and its FLOPs are the fp32 step's
+    bf = rows["stylegan-v2/bf16cl"]
+    assert bf["speed_vs_fp32"] == bf["images_per_s"] / rows["stylegan-v2/fp32"]["images_per_s"]
+    assert bf["flops_per_image"] == rows["stylegan-v2/fp32"]["flops_per_image"]
+    peak = result["peak"]
+    assert peak["gflops"] == max(peak["nominal_gflops"], peak["measured_gflops"]) > 0
+    assert "| stylegan-v2 | bf16cl |" in (tmp_path / "family_throughput.md").read_text()
 
 
-SCRIPTS = {p.stem for p in (Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py")} - {"__init__", "report"}
+SCRIPTS = {p.stem for p in (Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py")} - {"__init__", "report", "peak"}
 # where each script runs with tiny sizes: all.py --quick below, or a fixture that already has what it needs
 RUN_ELSEWHERE = {"orchestration": "tests/test_pipeline_e2e.py (reads the e2e run's recorded timings)",
                  "serve_load": "tests/test_serving.py (loads the module's running deployment)",
@@ -36,7 +43,7 @@ def test_the_scaling_model_computes_a_table_per_family(tmp_path):
     from benchmarks.scaling_model import GPUS, main
 
     families(["--steps", "2", "--batch", "8", "--resolution", "8", "--archs", "dcgan", "--flop-steps", "1",
-              "--out", str(tmp_path)])
+              "--modes", "fp32,cl", "--quick-peak", "--out", str(tmp_path)])
     out = main(["--families", str(tmp_path / "family_throughput.json"), "--out", str(tmp_path)])
     rows = out["families"]["dcgan"]["rows"]
     assert [r["gpus"] for r in rows] == list(GPUS) and rows[0]["efficiency_no_overlap"] == 1.0
@@ -67,7 +74,7 @@ def test_every_benchmark_runs_with_tiny_sizes_into_one_report(tmp_path):
         assert json.loads((tmp_path / f"{name}.json").read_text()) and (tmp_path / f"{name}.md").read_text()
     report = (tmp_path / "bench.md").read_text()
     for heading in ("## Training loop: plain PyTorch vs Ray Train", "## Families", "## FID feature extraction",
-                    "## Local S3 store", "| ray_1w |", "| dcgan |", "| inception-v3-fid"):
+                    "## Local S3 store", "| ray_1w |", "| dcgan | fp32 |", "| dcgan | bf16cl |", "| inception-v3-fid"):
         assert heading in report, report
     rows = out["results"]["train"]["rows"]
     assert rows["plain"]["images_per_s"] > 0 and rows["ray_1w"]["images_per_s"] > 0

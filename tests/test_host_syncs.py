@@ -31,7 +31,7 @@ from gan_core.models import ARCHS
 from gan_core.models.srgan import content_features
 from gan_core.state import Callback
 from gan_core.train import build_state, train
-from conftest import tiny_config
+from states import device_batches, family_config as config
 
 SYNC_OPS = {"aten::_local_scalar_dense", "aten::item", "aten::is_nonzero", "aten::nonzero",
             "aten::nonzero_static", "aten::masked_select", "aten::_unique", "aten::_unique2",
@@ -82,34 +82,8 @@ class StepEnd(Callback):
         self.calls.step = state.step + 1
 
 
-def device_batches(kind: str, n: int = 8, res: int = 8, seed: int = 0):
-    """Endless: a few batches over and over (WGAN reads n_critic batches per step)."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(4):
-        b = {"images": torch.randint(0, 256, (n, 1, res, res), generator=g, dtype=torch.uint8),
-             "labels": torch.arange(n) % 3}
-        if kind in ("paired", "unpaired", "superres"):
-            b["images_b"] = torch.randint(0, 256, (n, 1, res, res), generator=g, dtype=torch.uint8)
-        if kind == "captioned":  # two captions of 6 ids per image, the second padded after 3
-            b["captions"] = torch.randint(2, 20, (n, 2, 6), generator=g) * (torch.arange(6) < torch.tensor([[6], [3]]))
-            b["caption_counts"] = torch.full((n,), 2)
-        out.append(b)
-    return itertools.cycle(out)
-
-
-def config(arch: str):
-    # both of StyleGAN's lazy terms (at step 2) and both of SRGAN's phases (warm-up, then GAN)
-    family = {"stylegan": {"mapping_layers": 2, "r1_every": 2, "pl_weight": 2.0, "pl_every": 2},
-              "srgan": {"warmup_steps": 1, "scale": 2}, "stackgan": {"stage1_steps": 1}}
-    data = {"resolution": 16} if arch == "stackgan" else {}  # its Stage I is half the resolution, >= 8 px
-    return tiny_config(model={"arch": arch}, family=family, data=data,
-                       train={"steps": STEPS, "log_every": LOG_EVERY, "checkpoint_every": CHECKPOINT_EVERY,
-                              "n_critic": 1})  # WGAN's 5 critic batches cost time and add no other code path
-
-
 def syncs_per_step(arch: str) -> dict[int, list[str]]:
-    cfg = config(arch)
+    cfg = config(arch, STEPS, LOG_EVERY, CHECKPOINT_EVERY)
     torch.manual_seed(0)
     state = build_state(cfg, n_classes=3)
     if arch == "srgan":  # its content-loss backbone is built once per process (cached), not per step:

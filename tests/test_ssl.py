@@ -178,8 +178,8 @@ def test_the_rotation_terms_add_no_host_sync(arch, monkeypatch):
     import test_host_syncs as hs  # tests/ is on sys.path, as for conftest and workspace
 
     plain = hs.config
-    monkeypatch.setattr(hs, "config", lambda a: PipelineConfig.from_dict(
-        {**plain(a).to_dict(), "model": {**plain(a).to_dict()["model"], **SSL}}))
+    monkeypatch.setattr(hs, "config", lambda a, *rest: PipelineConfig.from_dict(
+        {**plain(a, *rest).to_dict(), "model": {**plain(a, *rest).to_dict()["model"], **SSL}}))
     found = hs.syncs_per_step(arch)
     assert {k: v for k, v in found.items() if k <= hs.STEPS and k not in hs.SYNC_STEPS} == {}, found
     assert set(found) & hs.SYNC_STEPS
