@@ -19,7 +19,6 @@ counted here. Steps are attributed by a marker the last callback records at the 
 """
 from __future__ import annotations
 
-import itertools
 
 import pytest
 import torch
