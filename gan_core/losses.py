@@ -79,6 +79,14 @@ def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Ten
     return (grad.flatten(1).norm(2, dim=1) - 1).pow(2).mean()
 
 
+def r1_penalty(critic: Callable[[Tensor], Tensor], real: Tensor) -> Tensor:
+    """R1 (Mescheder et al. 2018): E ||grad_x D(x)||^2 at real x; the caller weights it gamma / 2.
+    Pushes D's surface flat on the data, so G is not chased by gradients that overshoot it."""
+    x = real.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x).sum(), x, create_graph=True)
+    return grad.float().pow(2).sum(dim=(1, 2, 3)).mean()
+
+
 def orthogonal_penalty(weights: list[Tensor]) -> Tensor:
     """BigGAN's orthogonal regularisation (Brock et al. 2019, eq. 3): ||W W^T * (1 - I)||_F^2 per
     weight (rows = output units), which pushes filters apart without constraining their norms."""

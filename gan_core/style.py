@@ -1,6 +1,7 @@
 """The layers of style-based generators (gan_core.models.stylegan): the mapping network, truncation
-and style mixing of w, per-layer noise inputs, AdaIN (StyleGAN v1) and the modulated/demodulated
-convolution and toRGB of StyleGAN2. Plain modules: the family file composes them into G and D."""
+and style mixing of w, per-layer noise inputs, AdaIN (StyleGAN v1), the modulated/demodulated
+convolution and toRGB of StyleGAN2; and, around a style G, its path-length regulariser and the Sampler
+(truncation and mixing at sampling time). Plain modules: the family file composes them into G and D."""
 from __future__ import annotations
 
 import math
@@ -150,3 +151,65 @@ class ToRGBV2(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return self.conv(x, w) + self.bias
+
+
+# ---- regularisation ------------------------------------------------------------------------------------
+def path_length_penalty(G: nn.Module, z: torch.Tensor, decay: float) -> torch.Tensor:
+    """StyleGAN2's path-length regularisation: for y ~ N(0, I) / sqrt(H W), the lengths
+    ||J_w^T y|| (J: image Jacobian w.r.t. ws, averaged over layers) are pulled to their running
+    mean G.pl_mean, so a fixed step in w moves the image a fixed amount wherever w is."""
+    ws = G.styles(z)
+    img = G.synthesis(ws, "random")
+    y = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
+    (grad,) = torch.autograd.grad((img * y).sum(), ws, create_graph=True)
+    lengths = grad.float().pow(2).sum(2).mean(1).sqrt()  # (B,)
+    with torch.no_grad():
+        G.pl_mean.copy_(G.pl_mean.lerp(lengths.mean().detach(), decay))
+    return (lengths - G.pl_mean.detach().clone()).pow(2).mean()
+
+
+# ---- sampling -------------------------------------------------------------------------------------------
+class Sampler(nn.Module):
+    """What is evaluated, sampled and exported: (z (B, Z), z_mix (B, Z), psi (B,) float,
+    crossover (B,) int64) -> images. Both latents mapped and truncated by psi; style k reads z_mix's
+    w where k >= crossover (num_ws: z alone). Const noise: deterministic. Called with z alone (as
+    evaluation calls every generator) it is G in eval mode: no truncation, no mixing. Wraps G, owns
+    nothing. The exported program takes all four inputs; its metadata (`style`) says how many styles
+    there are and which resolution each drives, for `ganpipe sample --truncation/--mix`."""
+
+    def __init__(self, G: nn.Module):
+        super().__init__()
+        self.G = G
+        self.latent = G.latent
+
+    def forward(self, z: torch.Tensor, z_mix: torch.Tensor | None = None, psi: torch.Tensor | None = None,
+                crossover: torch.Tensor | None = None) -> torch.Tensor:
+        G = self.G
+        w = G.mapping(z)
+        if psi is not None:
+            w = truncate(w, G.w_avg, psi[:, None])
+        ws = G.broadcast(w)
+        if z_mix is not None:
+            w_mix = G.mapping(z_mix)
+            w_mix = truncate(w_mix, G.w_avg, psi[:, None]) if psi is not None else w_mix
+            n = z.shape[0]
+            cross = crossover if crossover is not None else torch.full((n,), G.num_ws, device=z.device)
+            ws = mix(ws, G.broadcast(w_mix), cross)
+        # clamped as images are shown (and as the official metrics quantise them): an FID of the linear
+        # output would score overshoots no reader of the images ever sees
+        return G.synthesis(ws, "const").clamp(-1, 1)
+
+    def export_inputs(self, n: int) -> list[tuple]:
+        """(name, example, dynamic shape) of the exported program's inputs: n seeded latents, a second
+        set for mixing, psi in [0.5, 1], crossovers over every style index (num_ws: no mixing)."""
+        g = torch.Generator().manual_seed(0)
+        z = self.latent.sample(n, generator=g).z.numpy()
+        z_mix = self.latent.sample(n, generator=g).z.numpy()
+        psi = (0.5 + 0.5 * torch.rand(n, generator=g)).numpy()
+        cross = (torch.arange(n) % (self.G.num_ws + 1)).numpy()
+        return [("z", z, (-1, z.shape[1])), ("z_mix", z_mix, (-1, z.shape[1])), ("psi", psi, (-1,)),
+                ("crossover", cross, (-1,))]
+
+    def export_meta(self) -> dict:
+        return {"style": {"num_ws": self.G.num_ws, "layer_resolutions": self.G.synthesis.style_resolutions(),
+                          "inputs": ["z", "z_mix", "psi", "crossover"]}}

@@ -122,7 +122,7 @@ def test_stylegan_coarse_styles_follow_the_row_seed_in_a_mixing_grid(blob_folder
     with only the first style 0.53-0.81. At initialisation no layer has a coarse or fine role yet (the
     sampler's arithmetic is tested in test_stylegan.py); v1 at 8 px follows less (0.45-0.60 with 2
     styles, 0.66-0.93 with 3): its AdaIN at 8 px restyles much of the image."""
-    from gan_core.models.stylegan import Sampler
+    from gan_core.style import Sampler
 
     S = Sampler(trained(blob_folder, "stylegan", "none", 600, seed=0).G_ema.eval())
     g = torch.Generator().manual_seed(1)
