@@ -1,8 +1,9 @@
 """`make bench`: every benchmark in one run and one combined report, side by side: the plain loop vs Ray
-Train (1 and 2 workers), GFLOP/s and % of CPU peak per family, the default run's orchestration
-breakdown, FID feature extraction images/s per backbone, and the local S3 store.
+Train (1 and 2 workers), GFLOP/s and % of CPU peak per family and numeric mode, the default run's
+orchestration breakdown beside the stack's own floor (stack_floor.py), FID feature extraction images/s per
+backbone, and the local S3 store.
 
-Sized to take a few minutes on 2 cores (the default run itself is most of it); --quick is the
+Sized to take about 15 minutes on 2 cores (families and the train loop are most of it); --quick is the
 seconds-long version the tests run. serve_load is left out (`deploy up` twice and a 40 s kill test:
 run it alone, benchmarks/serve_load.py).
 
@@ -21,7 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import family_throughput, fid_throughput, orchestration, s3_store, train_throughput  # noqa: E402
+from benchmarks import (family_throughput, fid_throughput, orchestration, s3_store, stack_floor,  # noqa: E402
+                        train_throughput)
 from benchmarks.report import table, write_report  # noqa: E402
 
 # name -> arguments per profile: full (`make bench`), small (a machine shared with other work: fewer steps,
@@ -42,18 +44,19 @@ SIZES = {
     "orchestration": {"full": [], "small": [],
                       "quick": ["train.steps=8", "train.log_every=2", "train.checkpoint_every=8", "train.num_workers=1",
                                 "eval.n_fake=100", "eval.batch_size=100", "eval.every=0"]},
+    "floor": {"full": [], "small": [], "quick": ["--workers", "1"]},
 }
 
 
 FILES = {"family": "family_throughput", "train": "train_throughput", "fid": "fid_throughput", "s3": "s3_store",
-         "orchestration": "orchestration"}
+         "orchestration": "orchestration", "floor": "stack_floor"}
 
 
 def run(name: str, args: list, out: Path) -> dict:
     if name == "s3":
         return s3_store.main(*args, out=out)
     module = {"family": family_throughput, "train": train_throughput, "fid": fid_throughput,
-              "orchestration": orchestration}[name]
+              "orchestration": orchestration, "floor": stack_floor}[name]
     return module.main([str(a) for a in args] + ["--out", str(out)])
 
 
@@ -83,6 +86,22 @@ def orchestration_section(r: dict) -> list[str]:
         [[k, f"{v:.1f}", f"{100 * v / r['wall_s']:.1f}%"] for k, v in r["parts_s"].items()])
 
 
+def floor_section(r: dict) -> list[str]:
+    lines = [f"## The stack's floor: {r['floor_s']:.1f} s of any run ({r['workers']} Ray Train workers, empty loop)", ""]
+    lines += table(["part", "seconds"], [[k, f"{v:.1f}"] for k, v in r["parts_s"].items()])
+    if "share_of_default_run" in r:
+        lines += ["", f"Against the default run above (its training loop, prepare and evaluation), this floor alone "
+                      f"is {100 * r['share_of_default_run']:.0f}% of the wall time: the lowest orchestration share "
+                      "this stack reaches on this machine."]
+    return lines
+
+
+def floor_share(floor: dict, orch: dict) -> float:
+    """floor / (floor + the default run's own work): its loop, prepare and evaluation."""
+    work = sum(v for k, v in orch["parts_s"].items() if k.startswith(("training loop", "prepare", "evaluation")))
+    return floor["floor_s"] / (floor["floor_s"] + work)
+
+
 def fid_section(r: dict) -> list[str]:
     return [f"## FID feature extraction ({r['threads']} threads)", ""] + table(
         ["backbone", "images/s"], [[k, f"{v:.1f}"] for k, v in r["feature_images_per_s"].items()])
@@ -94,7 +113,7 @@ def s3_section(r: dict) -> list[str]:
 
 
 SECTIONS = {"train": training_section, "family": family_section, "orchestration": orchestration_section,
-            "fid": fid_section, "s3": s3_section}
+            "floor": floor_section, "fid": fid_section, "s3": s3_section}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -124,6 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
         wall = ["--wall", args.orchestration_wall] if args.orchestration_wall else []
         results[name] = run(name, ["--workspace", args.orchestration_from, *wall] if given else sizes[profile], args.out)
         seconds[name] = time.perf_counter() - t0
+    if "floor" in results and "orchestration" in results:
+        results["floor"]["share_of_default_run"] = floor_share(results["floor"], results["orchestration"])
     lines = [f"# ganpipe benchmarks ({profile} sizes{': too small to mean anything' if args.quick else ''})", "",
              f"Python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; each "
              "benchmark's own file in this folder has the details.", ""]

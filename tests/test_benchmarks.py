@@ -55,7 +55,7 @@ def test_every_benchmark_script_is_run_by_a_test_and_make_bench_runs_them_all():
     from benchmarks import all as bench
 
     runs = {m.__name__.rsplit(".", 1)[1] for m in (bench.family_throughput, bench.fid_throughput, bench.s3_store,
-                                                   bench.train_throughput, bench.orchestration)}
+                                                   bench.train_throughput, bench.orchestration, bench.stack_floor)}
     assert SCRIPTS <= runs | set(RUN_ELSEWHERE), f"no test runs {sorted(SCRIPTS - runs - set(RUN_ELSEWHERE))}"
     makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
     target = makefile.split("\nbench:", 1)[1].split("\n\n", 1)[0]
@@ -69,12 +69,16 @@ def test_every_benchmark_runs_with_tiny_sizes_into_one_report(tmp_path):
     from benchmarks.all import main
 
     out = main(["--quick", "--skip", "orchestration", "--out", str(tmp_path)])
-    assert set(out["results"]) == {"family", "train", "fid", "s3"}
-    for name in ("family_throughput", "train_throughput", "fid_throughput", "s3_store", "bench"):
+    assert set(out["results"]) == {"family", "train", "fid", "s3", "floor"}
+    for name in ("family_throughput", "train_throughput", "fid_throughput", "s3_store", "stack_floor", "bench"):
         assert json.loads((tmp_path / f"{name}.json").read_text()) and (tmp_path / f"{name}.md").read_text()
     report = (tmp_path / "bench.md").read_text()
     for heading in ("## Training loop: plain PyTorch vs Ray Train", "## Families", "## FID feature extraction",
-                    "## Local S3 store", "| ray_1w |", "| dcgan | fp32 |", "| dcgan | bf16cl |", "| inception-v3-fid"):
+                    "## Local S3 store", "## The stack's floor", "| prefect_again |", "| ray_1w |", "| dcgan | fp32 |", "| dcgan | bf16cl |", "| inception-v3-fid"):
         assert heading in report, report
     rows = out["results"]["train"]["rows"]
     assert rows["plain"]["images_per_s"] > 0 and rows["ray_1w"]["images_per_s"] > 0
+    floor = out["results"]["floor"]
+    assert set(floor["parts_s"]) == {"cli_import", "prefect_new", "prefect_again", "ray_start", "ray_train_fit",
+                                     "ray_stop"} and all(v > 0 for v in floor["parts_s"].values())
+    assert floor["floor_s"] == pytest.approx(sum(v for k, v in floor["parts_s"].items() if k != "prefect_new"))
