@@ -41,26 +41,27 @@ def test_exported_generator_matches_the_module(arch, tmp_path):
         assert got.labels is None or torch.equal(expected.labels, got.labels)
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("arch", IMAGE)
-def test_exported_translator_takes_other_batches_and_sizes(arch, tmp_path):
+def test_exported_translator_takes_other_batches_and_sizes(arch, channels_last, tmp_path):
     """Image-conditioned generators are exported fully convolutional: batch, height and width are
-    dynamic, so a model trained on 16 px inputs translates 32 px ones."""
+    dynamic, so a model trained on 16 px inputs translates 32 px ones, also when it trained channels-last."""
     import mlflow.pytorch
     from mlflow.models import Model
 
-    from flows.stages.register import export_args, export_context
+    from flows.stages.register import export_args, export_context, exported
 
     torch.manual_seed(0)
-    cfg = tiny_config(model={"arch": arch}, data={"resolution": 16})
+    cfg = tiny_config(model={"arch": arch}, data={"resolution": 16}, train={"channels_last": channels_last})
     family = ARCHS[arch]
-    module = family.infer(build_state(cfg).G_ema.eval())
+    module = exported(build_state(cfg))  # as registration exports it
     with export_context(cfg):
         mlflow.pytorch.save_model(module, str(tmp_path / "m"), **export_args(cfg, module))
     meta = Model.load(str(tmp_path / "m")).metadata
     assert meta["arch"] == arch and meta["directions"] == list(family.directions)
     loaded = mlflow.pytorch.load_model(str(tmp_path / "m"))
     side = meta["input"]["resolution"]
-    for n, size in ((3, side), (2, 2 * side)):
+    for n, size in ((3, side), (2, 2 * side), (1, side)):  # one image, as `ganpipe translate` sends
         x = torch.rand(n, cfg.data.channels, size, size, generator=torch.Generator().manual_seed(n)) * 2 - 1
         args = (x,) + ((torch.arange(n) % len(family.directions),) if family.directions else ())
         with torch.no_grad():

@@ -21,7 +21,9 @@ def load_generator(s, model: str):
         cfg, state = rebuild(load_checkpoint(model))
     except CheckpointError as e:
         fail(f"{model}: refused: {e}")
-    G = state.family.infer(state.G_ema.eval())  # what registration would export
+    from flows.stages.register import exported
+
+    G = exported(state)  # what registration would export
     if state.family.image_input or hasattr(G, "export_inputs"):
         from flows.stages.register import export_inputs
 

@@ -16,12 +16,12 @@ def register_untrained(settings, name: str, cfg: PipelineConfig, seed: int, nan:
     import mlflow.pytorch
 
     from flows.registry.tracking import CHAMPION, client, experiment_id
-    from flows.stages.register import export_args, export_context
+    from flows.stages.register import export_args, export_context, exported
     from gan_core.train import build_state
 
     torch.manual_seed(seed)
     state = build_state(cfg, n_classes=n_classes)
-    G = state.family.infer(state.G_ema.eval())
+    G = exported(state)
     if nan:
         with torch.no_grad():
             for p in G.parameters():

@@ -228,6 +228,15 @@ def export_context(cfg: PipelineConfig):
     return fx_config.patch(backed_size_oblivious=True)
 
 
+def exported(state) -> torch.nn.Module:
+    """What the family exports (CycleGAN: both directions), with every net in the default (NCHW) layout,
+    whatever train.channels_last was. Traced with NHWC weights, torch.export specialises the sizes that
+    the strides depend on, and a translator trained at 16 px then refuses 32 px inputs."""
+    for net in (state.G, state.D, state.G_ema):
+        net.to(memory_format=torch.contiguous_format)
+    return state.family.infer(state.G_ema.eval())
+
+
 def export_args(cfg: PipelineConfig, module) -> dict:
     """How a generator is saved to MLflow: a torch.export (pt2) program, which loads without
     unpickling code, with dynamic batch (MLflow marks the signature's -1 dims dynamic; it needs an
@@ -260,7 +269,7 @@ def _register_once(settings: Settings, cfg: PipelineConfig, lineage: dict) -> di
     if existing is None:
         mlflow.set_tracking_uri(settings.mlflow_uri)
         _, state = rebuild(load_checkpoint(settings.candidate_dir / "checkpoint.pt"))
-        G = state.family.infer(state.G_ema.eval())  # what the family exports (CycleGAN: both directions)
+        G = exported(state)
         with mlflow.start_run(run_id=run_id), export_context(cfg):
             info = mlflow.pytorch.log_model(G, name="generator", **export_args(cfg, G))
             encoder = log_encoder(cfg, state)  # families that also encode images (aae): tagged on the version
