@@ -99,7 +99,13 @@ def blob_folder(tmp_path_factory):
     return make_blobs(tmp_path_factory.mktemp("learning") / "blobs")
 
 
-@pytest.mark.parametrize("arch,minibatch", list(CASES), ids=[f"{a}-{m}" for a, m in CASES])
+# the families whose learning run takes 9-15 s here run with the slow tests, keeping `-m "not slow"` under 3 min
+SLOW_TO_LEARN = {"progan", "stylegan", "biggan"}
+
+
+@pytest.mark.parametrize("arch,minibatch", [pytest.param(a, m, id=f"{a}-{m}",
+                                                         marks=[pytest.mark.slow] * (a in SLOW_TO_LEARN))
+                                            for a, m in CASES])
 def test_family_learns_the_modes(blob_folder, arch, minibatch):
     steps, max_ratio, minimums = CASES[(arch, minibatch)]
     before, after = learn(blob_folder, arch, minibatch, steps, seed=0)
@@ -115,6 +121,7 @@ def _quadrant(images: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.avg_pool2d(images, 4).flatten(1).argmax(1)
 
 
+@pytest.mark.slow  # trains stylegan for 9 s here
 def test_stylegan_coarse_styles_follow_the_row_seed_in_a_mixing_grid(blob_folder):
     """Trained on the blobs, the mode (which quadrant) is a coarse property: a mixed image taking its
     first two styles (4 px and the first 8 px layer) from the row seed shows the row seed's quadrant.
