@@ -119,6 +119,17 @@ def test_a_run_killed_after_its_first_s3_checkpoint(stack):
     while _alive_training_actors(stack):
         assert time.time() < deadline, "the killed run's Ray Train actors are still alive"
         time.sleep(0.5)
+    # and an upload it had in flight can still land after its actors are gone (seen once: the controller's
+    # checkpoint_manager_snapshot.json rewritten, 550 -> 670 bytes, after the next test's inventory), so
+    # wait until two listings 2 s apart agree
+    listing, deadline = stack.objects(), time.time() + 120
+    while True:
+        time.sleep(2)
+        now = stack.objects()
+        if now == listing:
+            break
+        assert time.time() < deadline, "the bucket kept changing after the killed run's actors were gone"
+        listing = now
 
 
 def _alive_training_actors(stack) -> int:
