@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.report import table, write_report  # noqa: E402
 from benchmarks.peak import cpu_peak  # noqa: E402
-from benchmarks.train_throughput import Rates, steady  # noqa: E402
+from benchmarks.train_throughput import MODES, Rates, steady  # noqa: E402
 from gan_core.config import PipelineConfig  # noqa: E402
 from gan_core.batches import ShardedBatches  # noqa: E402
 from gan_core.models import ARCHS  # noqa: E402
@@ -53,8 +53,6 @@ VARIANTS = {
 
 
 CLASSES = 10
-# numeric modes: train settings on top of the family's
-MODES = {"fp32": {}, "cl": {"channels_last": True}, "bf16cl": {"bf16": True, "channels_last": True}}
 
 
 def config(arch: str, family: dict, steps: int, batch: int, resolution: int, log_every: int, channels: int = 1,

@@ -40,7 +40,7 @@ from gan_core.data import load_prepared  # noqa: E402
 from gan_core.state import Callback  # noqa: E402
 from gan_core.train import build_state, train  # noqa: E402
 
-# numeric modes (train settings), as in family_throughput.py
+# numeric modes: train settings on top of a family's (family_throughput.py uses them too)
 MODES = {"fp32": {}, "cl": {"channels_last": True}, "bf16cl": {"bf16": True, "channels_last": True}}
 
 
