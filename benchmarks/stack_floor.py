@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.orchestration import env_for  # noqa: E402
 from benchmarks.report import table, write_report  # noqa: E402
 
 PREAMBLE = f"""
@@ -86,8 +86,7 @@ def run(code: str, env: dict, *args: str) -> str:
 
 def measure(workers: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="ganpipe-floor-") as tmp:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "RAY_", "GANPIPE_"))}
-        env.update(GANPIPE_WORKSPACE=tmp, GANPIPE_HOME=str(Path(tmp) / "home"), PYTHONUNBUFFERED="1")
+        env = env_for(Path(tmp))  # the orchestration benchmark's: no stray PREFECT_/RAY_/... settings
         parts = {}
         t = time.perf_counter()
         subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); import flows.cli.app"],
