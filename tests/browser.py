@@ -118,6 +118,24 @@ def _visible(driver, xpath: str) -> WebElement | bool:
     return els[0] if els else False
 
 
+def _settled(xpath: str) -> Callable:
+    """A wait condition: the element at `xpath`, once shown at the same place on two polls in a row.
+
+    A popover is laid out after it opens: Radix first renders it translated off-screen (-200%) and
+    moves it in once measured, so a list read on the first poll can miss the options above the
+    viewport (CI once saw all options but the first two), and a click can land mid-move.
+    """
+    last: list = [None]
+
+    def condition(driver):
+        el = _visible(driver, xpath)
+        rect = el and tuple(el.rect.values())
+        settled = bool(el) and rect == last[0]
+        last[0] = rect
+        return el if settled else False
+    return condition
+
+
 def _click(driver, el: WebElement) -> None:
     driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", el)
     try:
@@ -212,11 +230,14 @@ def _set_param(driver, name: str, value) -> None:
         Select(el).select_by_visible_text(text)
     elif el.get_attribute("aria-haspopup") == "listbox":  # Literal/enum in the V2 UI: a combobox popover
         _click(driver, el)
-        options = _until(driver, lambda d: [o.text.strip() for o in d.find_elements(By.XPATH, "//*[@role='option']")
-                                            if o.is_displayed()], 15, f"the options of {name}")
-        if text not in options:
-            raise BrowserError(f"{name}: no option {text!r} (options: {options})")
-        _click(driver, driver.find_element(By.XPATH, f"//*[@role='option'][normalize-space(.)={_lit(text)}]"))
+        try:
+            option = _until(driver, _settled(f"//*[@role='option'][normalize-space(.)={_lit(text)}]"), 15,
+                            f"option {text!r} of {name}")
+        except TimeoutException:  # textContent: options scrolled or clipped out of view have no .text
+            options = [o.get_attribute("textContent").strip()
+                       for o in driver.find_elements(By.XPATH, "//*[@role='option']")]
+            raise BrowserError(f"{name}: no option {text!r} shown (options: {options})") from None
+        _click(driver, option)
         _until(driver, lambda d: el.text.strip() == text, 10, f"{name} = {text!r}")
     else:  # int / str: <input type=number> or <textarea>; select-all + type so React/Vue see real key events
         el.send_keys(Keys.CONTROL, "a")
