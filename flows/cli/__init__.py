@@ -1,6 +1,7 @@
 """The `ganpipe` command, one module per command group; importing each registers its commands."""
 from __future__ import annotations
 
+import gc
 import sys
 
 import typer
@@ -21,6 +22,11 @@ def main() -> None:
     except ConfigError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         sys.exit(2)
+    finally:
+        # The interpreter's last garbage collections, with torch, MLflow, Prefect and Ray loaded, took
+        # 2.4 s after a `ganpipe run` (measured); frozen objects are skipped: 0.2 s. atexit handlers
+        # still run and threads are still joined; only objects in reference cycles stay unfreed.
+        gc.freeze()
 
 
 if __name__ == "__main__":
