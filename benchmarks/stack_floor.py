@@ -61,7 +61,7 @@ def empty(config):
 workers, storage = int(sys.argv[1]), sys.argv[2]
 out = {}
 t = time.perf_counter()
-ray.init(address="local", num_cpus=os.cpu_count(), logging_level="WARNING")
+ray.init(address="local", num_cpus=os.cpu_count(), logging_level="WARNING", include_dashboard=False)
 out["ray_start"] = time.perf_counter() - t
 cpus = max(1, (os.cpu_count() or 1) // workers)
 trainer = TorchTrainer(empty, scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": cpus}),

@@ -155,7 +155,7 @@ def ray_session(settings):
     if settings.ray_address:
         ray.init(address=settings.ray_address)
     else:
-        ray.init(address="local", num_cpus=os.cpu_count(), logging_level="WARNING")
+        ray.init(address="local", num_cpus=os.cpu_count(), logging_level="WARNING", include_dashboard=False)
     try:
         yield
     finally:

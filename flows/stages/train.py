@@ -105,9 +105,10 @@ def run_training(settings: Settings, cfg: PipelineConfig, data_dir: str, run_nam
             if settings.ray_address:
                 ray.init(address=settings.ray_address, runtime_env={"env_vars": env_vars})
             else:
-                # address="local": always a fresh instance, never whatever cluster /tmp/ray last recorded
+                # address="local": always a fresh instance, never whatever cluster /tmp/ray last recorded;
+                # no dashboard: it lives only as long as the run, and starting it took 1-1.8 s (measured)
                 ray.init(address="local", num_cpus=os.cpu_count(), runtime_env={"env_vars": env_vars},
-                         logging_level="WARNING")
+                         logging_level="WARNING", include_dashboard=False)
         started = True
     board = None
     try:
