@@ -18,11 +18,12 @@ import typer
 from flows.cli.app import cli_settings
 s = cli_settings()  # configures Prefect's and MLflow's environment: before either is imported
 
-from flows.ops.startup import start_shared_state
-from flows.registry.tracking import client
-from prefect import flow
+from flows.ops.startup import starting_shared_state
 
-start_shared_state(s, lambda who: typer.echo(f"waiting for another start-up: {who}", err=True))
+# as `ganpipe run`: its stages are imported while the temporary server's process boots
+with starting_shared_state(s, lambda who: typer.echo(f"waiting for another start-up: {who}", err=True)):
+    from flows.registry.tracking import client
+    from prefect import flow
 
 @flow
 def hello() -> str:
@@ -43,3 +44,36 @@ def test_starts_together_in_one_home_are_quiet(tmp_path):
         assert p.returncode == 0 and "Traceback" not in out and "started" in out, out[-6000:]
     # they did overlap: the later ones waited for the first start-up
     assert sum("waiting for another start-up" in out for out in outs) >= 1, outs
+
+
+BLOCK = """
+from flows.cli.app import cli_settings
+s = cli_settings()
+from flows.ops.startup import starting_shared_state
+with starting_shared_state(s):
+    {block}
+print("started")
+"""
+
+
+def _start(ws, block: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", BLOCK.format(block=block)], cwd=ws, env={**env_for(ws), **env},
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
+
+
+def test_an_error_in_the_block_is_the_one_reported_after_the_server_start_is_waited_for(tmp_path):
+    ws = make_workspace(tmp_path)
+    # a fresh home's server migrates for seconds, so its start fails too: the block's error must still win
+    done = _start(ws, "raise ValueError('the block failed')", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="1")
+    assert done.returncode == 1 and "started" not in done.stdout, done.stderr[-4000:]
+    assert done.stderr.rstrip().endswith("ValueError: the block failed"), done.stderr[-4000:]
+    assert "Timed out" not in done.stderr, done.stderr[-4000:]
+
+
+def test_a_server_that_does_not_start_fails_the_start_up_with_prefects_reason(tmp_path):
+    ws = make_workspace(tmp_path)
+    done = _start(ws, "pass", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="1")
+    assert done.returncode == 1 and "started" not in done.stdout, done.stderr[-4000:]
+    assert "Timed out while attempting to connect to ephemeral Prefect API server" in done.stderr, done.stderr[-4000:]
+    again = _start(ws, "pass")  # the start-up lock was released: the next start goes through
+    assert again.returncode == 0 and "started" in again.stdout, again.stderr[-4000:]

@@ -28,12 +28,13 @@ def run(overrides: Optional[List[str]] = typer.Argument(None, help="section.fiel
     from flows.ops.console import open_console
 
     con = open_console(s.home, verbose)  # before Prefect is imported: its handlers write to the log
-    from flows.stages.pipeline import pipeline
-    from flows.ops.startup import start_shared_state
+    from flows.ops.startup import starting_shared_state
 
     try:
-        # runs started together in one home create its databases one at a time
-        start_shared_state(s, lambda who: con.note(f"waiting for another start-up in {s.home}: {who}"))
+        # runs started together in one home create its databases one at a time; the stages are
+        # imported while Prefect's server process boots
+        with starting_shared_state(s, lambda who: con.note(f"waiting for another start-up in {s.home}: {who}")):
+            from flows.stages.pipeline import pipeline
         out = pipeline(overrides=overrides or [])
     except Exception as e:  # Prefect has logged the traceback; end with the cause on one line
         con.error(f"error: pipeline failed: {type(e).__name__}: {e}{see_log(con)}")
