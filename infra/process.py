@@ -46,19 +46,29 @@ def start(argv: list[str], env: dict[str, str], log: Path, pid_file: Path, cwd: 
 
 def stop(pid_file: Path, grace_s: float = 20.0) -> bool:
     """SIGTERM the group, wait, then SIGKILL what is left. False when nothing was running."""
-    pid = pid_of(pid_file)
-    if pid is None:
+    return stop_all([(pid_file, grace_s)])[0]
+
+
+def stop_all(services: list[tuple[Path, float]]) -> list[bool]:
+    """stop() for several groups at once, (pid file, grace) each: all are sent SIGTERM first, so their
+    shutdowns (~2 s each, measured) overlap. One bool per group: False when nothing was running."""
+    pids = [pid_of(pid_file) for pid_file, _ in services]
+    t0 = time.time()
+    for pid in pids:
+        if pid is not None:
+            _signal_group(pid, signal.SIGTERM)
+    for pid, (pid_file, grace_s) in zip(pids, services):
+        if pid is not None:
+            while time.time() < t0 + grace_s and _group_alive(pid):
+                time.sleep(0.2)
+            if _group_alive(pid):
+                _signal_group(pid, signal.SIGKILL)
+                killed = time.time()  # delivered asynchronously: gone (and reaped, if ours) soon after
+                while time.time() < killed + 5 and _group_alive(pid):
+                    time.sleep(0.05)
+            _reap(pid)
         pid_file.unlink(missing_ok=True)
-        return False
-    _signal_group(pid, signal.SIGTERM)
-    deadline = time.time() + grace_s
-    while time.time() < deadline and _group_alive(pid):
-        time.sleep(0.2)
-    if _group_alive(pid):
-        _signal_group(pid, signal.SIGKILL)
-    _reap(pid)
-    pid_file.unlink(missing_ok=True)
-    return True
+    return [pid is not None for pid in pids]
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -98,9 +108,11 @@ def http_ok(url: str) -> bool:
         return False
 
 
-def wait_healthy(name: str, check: Callable[[], bool], pid_file: Path, log: Path, timeout_s: float) -> float:
-    """Poll `check` until it passes; fail fast if the process died. Returns the seconds it took."""
-    t0 = time.time()
+def wait_healthy(name: str, check: Callable[[], bool], pid_file: Path, log: Path, timeout_s: float,
+                 since: float | None = None) -> float:
+    """Poll `check` until it passes; fail fast if the process died. Returns the seconds it took since
+    `since` (its start, default now)."""
+    t0 = time.time() if since is None else since
     while time.time() - t0 < timeout_s:
         if check():
             return time.time() - t0

@@ -20,12 +20,13 @@ import secrets
 import shlex
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from infra.config import ServicesConfig
-from infra.process import ServiceError, http_ok, pid_of, start, stop, wait_healthy
+from infra.process import ServiceError, http_ok, pid_of, start, stop, stop_all, wait_healthy
 
 BIN = Path(sys.executable).parent
 # the local store: s3rver (npm, pinned by package-lock.json, installed by `make install`) behind a
@@ -42,6 +43,9 @@ class Service:
     endpoint: str
     timeout_s: float = 120.0
     stop_grace_s: float = 20.0  # SIGTERM to SIGKILL in `down`
+    # services of one wave start together once the waves before are healthy, and stop together after
+    # the waves behind them: the store first and last, the Ray worker only once its head answers
+    wave: int = 1
 
 
 def credentials(cfg: ServicesConfig) -> dict[str, str]:
@@ -142,7 +146,7 @@ def plan(cfg: ServicesConfig) -> list[Service]:
         # --openssl-legacy-provider: s3rver's listing continuation tokens use DES (else paging answers 500)
         out.append(Service("s3", [shutil.which("node") or "node", "--openssl-legacy-provider",
                                   str(S3STORE / "server.js"), str(cfg.s3_data), "127.0.0.1", str(cfg.s3_port)],
-                           {**base, **_s3_env(cfg)}, lambda: _bucket_ready(cfg), cfg.endpoint, 30))
+                           {**base, **_s3_env(cfg)}, lambda: _bucket_ready(cfg), cfg.endpoint, 30, wave=0))
     out.append(Service(
         "mlflow",
         [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(cfg.mlflow_port),
@@ -180,7 +184,7 @@ def plan(cfg: ServicesConfig) -> list[Service]:
         stop_grace_s=3.0))
     out.append(Service(
         "ray-worker", [str(BIN / "ray"), "start", "--address", f"127.0.0.1:{cfg.ray_port}", *common],
-        ray_env, lambda: _ray_nodes_alive(cfg, 2), "joins the head"))
+        ray_env, lambda: _ray_nodes_alive(cfg, 2), "joins the head", wave=2))
     return out
 
 
@@ -225,37 +229,50 @@ def check_s3_store(cfg: ServicesConfig) -> None:
                            f"(or `npm ci --omit=dev --prefix {S3STORE}`), or set GANPIPE_S3_ENDPOINT")
 
 
+def waves(services: list[Service]) -> list[list[Service]]:
+    """The services grouped by wave, in start order (plan order within a wave)."""
+    return [[svc for svc in services if svc.wave == w] for w in sorted({svc.wave for svc in services})]
+
+
 def up(cfg: ServicesConfig, echo: Callable[[str], None]) -> Path:
-    """Start whatever is not running, in order, each health-checked before the next. If one fails,
-    the ones this call started are stopped again, so a failed `up` leaves nothing half-running."""
+    """Start whatever is not running, wave by wave, each wave health-checked before the next (its
+    servers boot side by side: measured 23.4 s one after the other). If one fails, the ones this
+    call started are stopped again, so a failed `up` leaves nothing half-running."""
     check_mlflow_backend(cfg, echo)  # before anything starts or is written
     check_s3_store(cfg)
     cfg.root.mkdir(parents=True, exist_ok=True)
     started: list[Service] = []
     try:
-        for svc in plan(cfg):
-            log, pid_file = _files(cfg, svc.name)
-            if pid_of(pid_file) is not None and svc.health():
-                echo(f"{svc.name:<11} already running  {svc.endpoint}")
-                continue
-            stop(pid_file)  # a stale or unhealthy instance
-            if svc.name == "ray-head":
-                # a head that is down took its cluster with it (no GCS fault tolerance): a worker node
-                # still running belongs to the dead cluster, and while its raylet names the old GCS
-                # address, `ray start --head` refuses it ("already running"; measured: the worker kept
-                # reconnecting 27 s after the head was SIGKILLed). It has nothing to shut down cleanly
-                # (2 s grace); it is started again next, joining the new head.
-                stop(_files(cfg, "ray-worker")[1], grace_s=2.0)
-                _forget_ray_cluster(cfg)
-            start(svc.argv, svc.env, log, pid_file, cfg.root)
-            started.append(svc)
-            took = wait_healthy(svc.name, svc.health, pid_file, log, svc.timeout_s)
-            echo(f"{svc.name:<11} healthy in {took:4.1f} s  {svc.endpoint}  (log {log})")
+        for wave in waves(plan(cfg)):
+            starting = [(svc, time.time()) for svc in wave if _start(cfg, svc, echo)]
+            started += [svc for svc, _ in starting]
+            for svc, since in starting:
+                log, pid_file = _files(cfg, svc.name)
+                took = wait_healthy(svc.name, svc.health, pid_file, log, svc.timeout_s, since)
+                echo(f"{svc.name:<11} healthy in {took:4.1f} s  {svc.endpoint}  (log {log})")
     except BaseException:
-        for svc in reversed(started):
-            stop(_files(cfg, svc.name)[1], grace_s=svc.stop_grace_s)
+        stop_all([(_files(cfg, svc.name)[1], svc.stop_grace_s) for svc in reversed(started)])
         raise
     return write_env_file(cfg)
+
+
+def _start(cfg: ServicesConfig, svc: Service, echo: Callable[[str], None]) -> bool:
+    """Start one service unless it already runs healthy; True when this call started it."""
+    log, pid_file = _files(cfg, svc.name)
+    if pid_of(pid_file) is not None and svc.health():
+        echo(f"{svc.name:<11} already running  {svc.endpoint}")
+        return False
+    stop(pid_file)  # a stale or unhealthy instance
+    if svc.name == "ray-head":
+        # a head that is down took its cluster with it (no GCS fault tolerance): a worker node
+        # still running belongs to the dead cluster, and while its raylet names the old GCS
+        # address, `ray start --head` refuses it ("already running"; measured: the worker kept
+        # reconnecting 27 s after the head was SIGKILLed). It has nothing to shut down cleanly
+        # (2 s grace); it is started again in the next wave, joining the new head.
+        stop(_files(cfg, "ray-worker")[1], grace_s=2.0)
+        _forget_ray_cluster(cfg)
+    start(svc.argv, svc.env, log, pid_file, cfg.root)
+    return True
 
 
 def _forget_ray_cluster(cfg: ServicesConfig) -> None:
@@ -270,9 +287,13 @@ def _forget_ray_cluster(cfg: ServicesConfig) -> None:
 
 
 def down(cfg: ServicesConfig, echo: Callable[[str], None]) -> None:
-    for svc in reversed(plan(cfg)):
-        stopped = stop(_files(cfg, svc.name)[1], grace_s=svc.stop_grace_s)
-        echo(f"{svc.name:<11} {'stopped' if stopped else 'not running'}")
+    """Stop the services, wave by wave in reverse (the compute before the store it writes to), each
+    wave's at once: measured 13.5 s one at a time."""
+    for wave in reversed(waves(plan(cfg))):
+        wave = wave[::-1]
+        stopped = stop_all([(_files(cfg, svc.name)[1], svc.stop_grace_s) for svc in wave])
+        for svc, was_running in zip(wave, stopped):
+            echo(f"{svc.name:<11} {'stopped' if was_running else 'not running'}")
     _forget_ray_cluster(cfg)
     if not cfg.s3_endpoint:
         echo(f"the bucket is kept in {cfg.s3_data}; `ganpipe services up` serves it again")
